@@ -1,0 +1,4 @@
+pub mod collections;
+pub mod eval;
+pub mod index;
+pub mod search;

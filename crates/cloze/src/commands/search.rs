@@ -1,0 +1,82 @@
+use anyhow::Result;
+use clap::Args;
+use cloze_index::DataDir;
+use cloze_search::{search, Mode, SearchRequest};
+
+/// Search a collection and print the best hits.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// The collection to search.
+    #[arg(long, value_name = "NAME")]
+    collection: String,
+
+    /// How to rank: keyword (BM25 over title and text).
+    #[arg(long, default_value = "keyword", value_parser = parse_mode)]
+    mode: Mode,
+
+    /// How many hits to show.
+    #[arg(short = 'k', long = "limit", default_value_t = 10)]
+    limit: usize,
+
+    /// Skip this many of the best hits first (the next page).
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+
+    /// Print JSON: `{"hits": [{"id", "score", "title", "snippet"}]}`.
+    #[arg(long)]
+    json: bool,
+
+    /// What to look for, as plain words (no query syntax).
+    query: String,
+}
+
+pub(crate) fn parse_mode(name: &str) -> Result<Mode, String> {
+    name.parse().map_err(|e: cloze_search::SearchError| e.to_string())
+}
+
+pub fn run(data_dir: &DataDir, args: SearchArgs) -> Result<()> {
+    let collection = data_dir.open(&args.collection)?;
+    let mut request = SearchRequest::new(args.query, args.mode, args.limit);
+    request.offset = args.offset;
+    let hits = search(&collection, &request)?;
+    if args.json {
+        println!("{}", serde_json::json!({ "hits": hits }));
+        return Ok(());
+    }
+    if hits.is_empty() {
+        println!("no hits");
+        return Ok(());
+    }
+    let id_width = hits.iter().map(|hit| hit.id.chars().count()).max().unwrap_or(0).clamp(2, 24);
+    println!("{:>4}  {:>8}  {:<id_width$}  title", "rank", "score", "id");
+    for (rank, hit) in hits.iter().enumerate() {
+        let title = hit.title.as_deref().filter(|t| !t.is_empty()).unwrap_or("(no title)");
+        println!(
+            "{:>4}  {:>8.3}  {:<id_width$}  {}",
+            args.offset + rank + 1,
+            hit.score,
+            shorten(&hit.id, 24),
+            shorten(title, 80)
+        );
+        if let Some(snippet) = hit.snippet.as_deref().filter(|s| !s.is_empty()) {
+            println!(
+                "{:>4}  {:>8}  {:<id_width$}  {}",
+                "",
+                "",
+                "",
+                shorten(&snippet.replace('\n', " "), 80)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `text` cut to `max` characters, with an ellipsis when cut.
+fn shorten(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let mut short: String = text.chars().take(max - 1).collect();
+    short.push('…');
+    short
+}

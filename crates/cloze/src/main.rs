@@ -1,0 +1,73 @@
+//! `cloze`: the command line over the Cloze library crates.
+
+mod commands;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Cloze: a self-hosted search engine. Put documents in a collection, search them by keywords,
+/// and measure the ranking against relevance judgments.
+///
+/// Start with `cloze index --collection NAME --corpus corpus.jsonl`, then `cloze search` and
+/// `cloze eval`. Every command's `--help` says more.
+#[derive(Debug, Parser)]
+#[command(name = "cloze", version, propagate_version = true, max_term_width = 100)]
+struct Cli {
+    /// The folder that holds the collections (one sub-folder each).
+    #[arg(
+        long,
+        global = true,
+        env = "CLOZE_DATA_DIR",
+        default_value = "index",
+        value_name = "DIR"
+    )]
+    data_dir: PathBuf,
+
+    /// Log more (-v: info, -vv: debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    Index(commands::index::IndexArgs),
+    Search(commands::search::SearchArgs),
+    Eval(commands::eval::EvalArgs),
+    Collections(commands::collections::CollectionsArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let data_dir = cloze_index::DataDir::new(cli.data_dir);
+    let result = match cli.command {
+        Command::Index(args) => commands::index::run(&data_dir, args),
+        Command::Search(args) => commands::search::run(&data_dir, args),
+        Command::Eval(args) => commands::eval::run(&data_dir, args),
+        Command::Collections(args) => commands::collections::run(&data_dir, args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

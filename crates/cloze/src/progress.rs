@@ -1,0 +1,21 @@
+//! Progress bars on standard error; indicatif hides them when it is not a terminal.
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A counter for work of unknown size: `what` done so far, the rate and the time taken.
+pub fn counter(what: &str) -> ProgressBar {
+    let style = ProgressStyle::with_template(&format!(
+        "{{spinner}} {{human_pos}} {what} ({{per_sec}}, {{elapsed}})"
+    ))
+    .expect("valid template");
+    ProgressBar::new_spinner().with_style(style)
+}
+
+/// A bar for `total` items: done so far, the rate and the time left.
+pub fn bar(total: u64, what: &str) -> ProgressBar {
+    let style = ProgressStyle::with_template(&format!(
+        "{{bar:30}} {{human_pos}}/{{human_len}} {what} ({{per_sec}}, ETA {{eta}})"
+    ))
+    .expect("valid template");
+    ProgressBar::new(total).with_style(style)
+}

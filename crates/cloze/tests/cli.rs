@@ -1,0 +1,309 @@
+//! The `cloze` binary as a user runs it: commands, output shapes, and bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    fn new() -> Workspace {
+        Workspace { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("index")
+    }
+
+    fn file(&self, name: &str, content: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path
+    }
+
+    fn cloze(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cloze"))
+            .args(args)
+            .env("CLOZE_DATA_DIR", self.data_dir())
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a command that must succeed and returns its standard output.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.cloze(args);
+        assert!(
+            output.status.success(),
+            "cloze {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs a command that must fail and returns its error message.
+    fn fails(&self, args: &[&str]) -> String {
+        let output = self.cloze(args);
+        assert!(!output.status.success(), "cloze {args:?} should have failed");
+        String::from_utf8(output.stderr).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    fn hit_ids(&self, collection: &str, query: &str) -> Vec<String> {
+        let hits = self.json(&["search", "--collection", collection, "--json", query]);
+        hits["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|hit| hit["id"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+const CORPUS: &str = r#"{"_id": "d1", "title": "Solar power", "text": "Solar panels turn sunlight into electricity.", "year": 2020}
+{"_id": "d2", "title": "Wind power", "text": "Wind turbines turn wind into electricity."}
+{"_id": "d3", "title": "Cooking", "text": "Bread needs flour, water and time."}
+"#;
+
+fn path(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn index_search_and_eval_a_small_collection() {
+    let ws = Workspace::new();
+    let corpus = ws.file("corpus.jsonl", CORPUS);
+    let out = ws.ok(&["index", "--collection", "energy", "--corpus", path(&corpus)]);
+    assert!(out.contains("indexed 3 documents") && out.contains("holds 3 documents"), "{out}");
+
+    let hits = ws.json(&[
+        "search",
+        "--collection",
+        "energy",
+        "--mode",
+        "keyword",
+        "-k",
+        "10",
+        "--json",
+        "solar electricity",
+    ]);
+    let hits = hits["hits"].as_array().unwrap();
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits[0]["id"], "d1");
+    assert_eq!(hits[0]["title"], "Solar power");
+    assert!(hits[0]["snippet"].as_str().unwrap().contains("sunlight"));
+    assert!(hits[0]["score"].as_f64().unwrap() > hits[1]["score"].as_f64().unwrap());
+
+    let table = ws.ok(&["search", "--collection", "energy", "solar"]);
+    assert!(
+        table.lines().nth(1).unwrap().contains("d1") && table.contains("Solar power"),
+        "{table}"
+    );
+    assert_eq!(ws.ok(&["search", "--collection", "energy", "the of"]).trim(), "no hits");
+
+    let queries = ws.file("queries.tsv", "q1\tsolar energy\nq2\tbread\nq3\twind\n");
+    let qrels =
+        ws.file("qrels.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td3\t2\nq3\td1\t1\n");
+    let run = ws.dir.path().join("run.trec");
+    let report = ws.json(&[
+        "eval",
+        "--collection",
+        "energy",
+        "--queries",
+        path(&queries),
+        "--qrels",
+        path(&qrels),
+        "--mode",
+        "keyword",
+        "--json",
+        "--run-out",
+        path(&run),
+    ]);
+    assert_eq!(report["queries"], 3);
+    for metric in ["ndcg@10", "recall@100", "mrr@10", "map"] {
+        assert!(report[metric].is_f64(), "{metric} missing from {report}");
+    }
+    // q1 and q2 find their document first; q3 ("wind") never finds d1.
+    assert!((report["mrr@10"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12, "{report}");
+    assert_eq!(report["settings"]["mode"], "keyword");
+
+    let trec = std::fs::read_to_string(&run).unwrap();
+    assert!(trec.starts_with("q1 Q0 d1 1 "), "{trec}");
+    assert!(trec
+        .lines()
+        .all(|line| line.split(' ').count() == 6 && line.ends_with(" cloze-keyword")));
+    let rescored = ws.json(&[
+        "eval",
+        "--run",
+        path(&run),
+        "--qrels",
+        path(&qrels),
+        "--json",
+        "--metrics",
+        "mrr@10,P@1",
+    ]);
+    assert_eq!(rescored["mrr@10"], report["mrr@10"]);
+    assert!((rescored["p@1"].as_f64().unwrap() - 2.0 / 3.0).abs() < 1e-12);
+
+    let listing = ws.json(&["collections", "--json"]);
+    assert_eq!(listing["collections"][0]["name"], "energy");
+    assert_eq!(listing["collections"][0]["documents"], 3);
+}
+
+#[test]
+fn reindexing_an_id_replaces_the_document() {
+    let ws = Workspace::new();
+    ws.ok(&["index", "--collection", "c", "--corpus", path(&ws.file("a.jsonl", CORPUS))]);
+    let update = ws.file(
+        "b.jsonl",
+        r#"{"_id": "d3", "title": "Baking", "text": "Sourdough bread and solar ovens."}"#,
+    );
+    ws.ok(&["index", "--collection", "c", "--corpus", path(&update)]);
+    assert_eq!(ws.json(&["collections", "--json"])["collections"][0]["documents"], 3);
+    let hits = ws.json(&["search", "--collection", "c", "--json", "flour sourdough"]);
+    assert_eq!(hits["hits"][0]["title"], "Baking");
+    assert_eq!(hits["hits"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn custom_fields_gzip_and_metadata() {
+    let ws = Workspace::new();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(
+        &mut gz,
+        br#"{"doc": 17, "headline": "Tides", "body": "The moon pulls the sea.", "lang": "en"}"#,
+    )
+    .unwrap();
+    let corpus = ws.file("news.jsonl.gz", gz.finish().unwrap());
+    let args = [
+        "index",
+        "--collection",
+        "news",
+        "--corpus",
+        path(&corpus),
+        "--id-field",
+        "doc",
+        "--text-fields",
+        "headline,body",
+    ];
+    ws.fails(&[&args[..], &["--title-field", "lang"]].concat());
+    ws.ok(&[&args[..], &["--title-field", "headline"]].concat());
+    let hits = ws.json(&["search", "--collection", "news", "--json", "moon"]);
+    assert_eq!(
+        (hits["hits"][0]["id"].as_str(), hits["hits"][0]["title"].as_str()),
+        (Some("17"), Some("Tides"))
+    );
+}
+
+#[test]
+fn an_empty_corpus_makes_an_empty_collection() {
+    let ws = Workspace::new();
+    let out =
+        ws.ok(&["index", "--collection", "empty", "--corpus", path(&ws.file("e.jsonl", "\n\n"))]);
+    assert!(out.contains("indexed 0 documents"), "{out}");
+    assert_eq!(
+        ws.json(&["search", "--collection", "empty", "--json", "anything"])["hits"],
+        serde_json::json!([])
+    );
+}
+
+/// Every bad corpus line is named by file and line, and the collection is left as it was.
+#[test]
+fn bad_corpus_lines_are_named_and_change_nothing() {
+    let ws = Workspace::new();
+    ws.ok(&["index", "--collection", "c", "--corpus", path(&ws.file("good.jsonl", CORPUS))]);
+    let good_line = r#"{"_id": "new", "title": "", "text": "solar wind"}"#;
+    let cases: [(&str, &[u8], &str); 5] = [
+        ("json", b"{\"_id\": \"x\", \"title\": ", "not valid JSON"),
+        ("id", b"{\"title\": \"t\", \"text\": \"solar\"}", "missing field \"_id\""),
+        ("text", b"{\"_id\": \"x\", \"title\": \"t\"}", "missing field \"text\""),
+        ("utf8", b"{\"_id\": \"x\", \"title\": \"t\", \"text\": \"caf\xe9\"}", "not valid UTF-8"),
+        (
+            "type",
+            b"{\"_id\": [1], \"title\": \"t\", \"text\": \"x\"}",
+            "field \"_id\" must be a string or a number",
+        ),
+    ];
+    for (name, bad, expected) in cases {
+        let mut content = format!("{good_line}\n\n").into_bytes();
+        content.extend_from_slice(bad);
+        let file = ws.file(&format!("{name}.jsonl"), content);
+        for collection in ["c", "fresh"] {
+            let error = ws.fails(&["index", "--collection", collection, "--corpus", path(&file)]);
+            assert!(
+                error.contains(&format!("{}:3: {expected}", file.display())),
+                "{name}: {error}"
+            );
+        }
+        assert_eq!(
+            ws.hit_ids("c", "solar"),
+            ["d1"],
+            "{name}: the good line before the bad one was not added"
+        );
+        assert!(ws
+            .fails(&["search", "--collection", "fresh", "solar"])
+            .contains("no collection named \"fresh\""));
+    }
+    let missing =
+        ws.fails(&["index", "--collection", "c", "--corpus", "/nonexistent/corpus.jsonl"]);
+    assert!(missing.contains("/nonexistent/corpus.jsonl: cannot read"), "{missing}");
+    assert_eq!(ws.json(&["collections", "--json"])["collections"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn bad_arguments_and_files_get_clear_errors() {
+    let ws = Workspace::new();
+    let error = ws.fails(&["search", "--collection", "nope", "x"]);
+    assert!(error.contains("no collection named \"nope\""), "{error}");
+    assert!(ws.fails(&["search", "--collection", "../x", "q"]).contains("invalid collection name"));
+    ws.ok(&["index", "--collection", "c", "--corpus", path(&ws.file("good.jsonl", CORPUS))]);
+    let queries = ws.file("q.tsv", "q1\tsolar\n");
+    let bad_qrels = ws.file("bad.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\td2\n");
+    let error = ws.fails(&[
+        "eval",
+        "--collection",
+        "c",
+        "--queries",
+        path(&queries),
+        "--qrels",
+        path(&bad_qrels),
+    ]);
+    assert!(error.contains(&format!("{}:3: expected 3", bad_qrels.display())), "{error}");
+    let qrels = ws.file("qrels.tsv", "q1\td1\t1\nq9\td1\t1\n");
+    let error = ws.fails(&[
+        "eval",
+        "--collection",
+        "c",
+        "--queries",
+        path(&queries),
+        "--qrels",
+        path(&qrels),
+    ]);
+    assert!(error.contains("query \"q9\" is judged"), "{error}");
+    let (queries, qrels) = (path(&queries), path(&qrels));
+    let cases: [(&[&str], &str); 4] = [
+        (&["eval", "--run", queries, "--qrels", qrels], ":1: expected 6"),
+        (
+            &["eval", "--run", queries, "--qrels", qrels, "--metrics", "ndcg@ten"],
+            "unknown metric \"ndcg@ten\"",
+        ),
+        (
+            &["index", "--collection", "c", "--corpus", queries, "--analyzer", "klingon"],
+            "unknown analyzer \"klingon\"",
+        ),
+        (
+            &["index", "--collection", "c", "--corpus", queries, "--analyzer", "standard"],
+            "other analyzer settings",
+        ),
+    ];
+    for (args, expected) in cases {
+        let error = ws.fails(args);
+        assert!(error.contains(expected), "{args:?}: {error}");
+    }
+}

@@ -1,0 +1,32 @@
+use std::path::PathBuf;
+
+/// What can go wrong with a collection on disk.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("no collection named \"{name}\" in {data_dir} (collections there: {available})")]
+    UnknownCollection { name: String, data_dir: PathBuf, available: String },
+    #[error("a collection named \"{0}\" already exists")]
+    CollectionExists(String),
+    #[error(
+        "invalid collection name \"{0}\": use 1 to 128 letters, digits, '-', '_' or '.', \
+         starting with a letter or digit"
+    )]
+    InvalidName(String),
+    #[error("unknown analyzer \"{name}\": not a preset ({presets}) nor an existing TOML file")]
+    UnknownAnalyzer { name: String, presets: String },
+    #[error("invalid analyzer settings in {origin}: {message}")]
+    InvalidAnalyzer { origin: String, message: String },
+    #[error("{path}: {message}")]
+    InvalidManifest { path: PathBuf, message: String },
+    #[error(
+        "{path} was written by a newer Cloze (collection format {found}; this one reads up to \
+         {supported})"
+    )]
+    UnsupportedFormat { path: PathBuf, found: u32, supported: u32 },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Corpus(#[from] cloze_corpus::CorpusError),
+    #[error("the search index in {path}: {source}")]
+    Tantivy { path: PathBuf, source: tantivy::TantivyError },
+}

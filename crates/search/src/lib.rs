@@ -1,0 +1,99 @@
+//! Relevance-ranked retrieval over a collection.
+//!
+//! A [`SearchRequest`] names the query text, the ranking mode and how many hits to return;
+//! [`search`] answers with ranked [`Hit`]s. Keyword mode is BM25 over each document's title and
+//! text, with the query analysed by the collection's own analyzer.
+
+mod keyword;
+
+use std::fmt;
+use std::str::FromStr;
+
+use cloze_index::{Collection, IndexError};
+use serde::Serialize;
+
+/// How hits are ranked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// BM25 over the analysed title and text.
+    #[default]
+    Keyword,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 1] = [Mode::Keyword];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Keyword => "keyword",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = SearchError;
+
+    fn from_str(name: &str) -> Result<Mode, SearchError> {
+        Mode::ALL
+            .into_iter()
+            .find(|mode| mode.name() == name)
+            .ok_or_else(|| SearchError::UnknownMode(name.to_string()))
+    }
+}
+
+/// One search.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchRequest {
+    pub query: String,
+    pub mode: Mode,
+    /// How many hits to return at most.
+    pub limit: usize,
+    /// How many of the best hits to skip first (for paging).
+    pub offset: usize,
+    /// Fill in each hit's title and snippet; a ranking alone (as evaluation needs) is faster
+    /// without them.
+    pub with_documents: bool,
+}
+
+impl SearchRequest {
+    /// The first `limit` hits for `query`, ranked by `mode`, with titles and snippets.
+    pub fn new(query: impl Into<String>, mode: Mode, limit: usize) -> SearchRequest {
+        SearchRequest { query: query.into(), mode, limit, offset: 0, with_documents: true }
+    }
+}
+
+/// A ranked document.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hit {
+    pub id: String,
+    pub score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// The passage of the text that best matches the query (the text's start if none does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snippet: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    #[error("unknown search mode \"{0}\": expected keyword")]
+    UnknownMode(String),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("searching {collection}: {source}")]
+    Tantivy { collection: String, source: tantivy::TantivyError },
+}
+
+/// Runs one search against the committed documents of `collection`. A query with no searchable
+/// terms (empty, or only stop words) has no hits.
+pub fn search(collection: &Collection, request: &SearchRequest) -> Result<Vec<Hit>, SearchError> {
+    match request.mode {
+        Mode::Keyword => keyword::search(collection, request),
+    }
+}

@@ -1,0 +1,48 @@
+//! What the cross-crate tests share: finding the shared test collections and indexing them.
+
+use std::path::{Path, PathBuf};
+
+use cloze_corpus::{DocumentReader, FieldMapping};
+use cloze_index::{AnalyzerSettings, Collection, DataDir};
+
+/// The shared test data: `$CLOZE_TEST_DATA`, or `../shared/data` beside the repository.
+/// Panics with what is missing, so a test without its data fails loudly rather than passing.
+pub fn test_data_dir() -> PathBuf {
+    let dir = match std::env::var_os("CLOZE_TEST_DATA") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data"),
+    };
+    assert!(
+        dir.join("README.md").is_file(),
+        "test data not found at {}: set CLOZE_TEST_DATA to the folder that holds scifact/, \
+         cranfield/, ... (the shared data, ../shared/data beside the repository)",
+        dir.display()
+    );
+    dir
+}
+
+/// The files of one BEIR collection in the shared data.
+pub struct BeirCollection {
+    pub name: &'static str,
+    pub corpus: PathBuf,
+    pub queries: PathBuf,
+    pub test_qrels: PathBuf,
+}
+
+pub fn beir_collection(name: &'static str) -> BeirCollection {
+    let dir = test_data_dir().join(name);
+    BeirCollection {
+        name,
+        corpus: dir.join("corpus.jsonl"),
+        queries: dir.join("queries.jsonl"),
+        test_qrels: dir.join("qrels/test.tsv"),
+    }
+}
+
+/// Indexes a shared collection with the default (English) analyzer into `data_dir`.
+pub fn index_beir(data_dir: &DataDir, collection: &BeirCollection) -> Collection {
+    let mut index = data_dir.create(collection.name, AnalyzerSettings::default()).unwrap();
+    let documents = DocumentReader::open(&collection.corpus, FieldMapping::default()).unwrap();
+    index.ingest(documents, || {}).unwrap();
+    index
+}
