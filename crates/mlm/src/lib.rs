@@ -1,0 +1,35 @@
+//! Masked language model pre-training: the encoder that Cloze learns from a user's own text.
+//!
+//! [`BertForMaskedLm`] is a BERT encoder with its MLM head in Hugging Face's layout;
+//! [`Masker`] implements the cloze objective; [`mlm_loss`] ties them together.
+
+mod checkpoint;
+mod config;
+mod masking;
+mod model;
+mod optim;
+
+pub use checkpoint::{load, load_config, save, CheckpointError, CONFIG_FILE, WEIGHTS_FILE};
+pub use config::BertConfig;
+pub use masking::{MaskedBatch, MaskedSequence, Masker};
+pub use model::{BertForMaskedLm, Parameters};
+pub use optim::{AdamW, AdamWSettings};
+
+use candle_core::{Result, Tensor};
+use rand_chacha::ChaCha8Rng;
+
+/// The masked-token loss of a batch: cross-entropy over the whole vocabulary, averaged over
+/// the chosen positions only. Dropout is on when a generator is given. Returns the loss and the
+/// logits at the chosen positions (`[n, vocab]`), for accuracy.
+pub fn mlm_loss(
+    model: &BertForMaskedLm,
+    batch: &MaskedBatch,
+    rng: Option<&mut ChaCha8Rng>,
+) -> Result<(Tensor, Tensor)> {
+    let hidden = model.encode(&batch.input_ids, &batch.attention_mask, rng)?;
+    let (rows, length, size) = hidden.dims3()?;
+    let chosen = hidden.reshape((rows * length, size))?.index_select(&batch.positions, 0)?;
+    let logits = model.mlm_logits(&chosen)?;
+    let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
+    Ok((loss, logits))
+}
