@@ -12,4 +12,5 @@ mod queries;
 
 pub use documents::{Document, DocumentReader, FieldMapping};
 pub use error::{CorpusError, ErrorKind};
+pub use lines::TextLines;
 pub use queries::{read_queries, Query};

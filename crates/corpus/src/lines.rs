@@ -65,3 +65,22 @@ impl Lines {
         }
     }
 }
+
+/// The non-blank lines of a plain-text file (plain or gzip), one document or paragraph each.
+pub struct TextLines {
+    lines: Lines,
+}
+
+impl TextLines {
+    pub fn open(path: impl AsRef<Path>) -> Result<TextLines, CorpusError> {
+        Ok(TextLines { lines: Lines::open(path.as_ref())? })
+    }
+}
+
+impl Iterator for TextLines {
+    type Item = Result<String, CorpusError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.lines.next_line().map(|line| line.map(|(_, text)| text))
+    }
+}

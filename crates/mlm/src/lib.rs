@@ -5,15 +5,28 @@
 
 mod checkpoint;
 mod config;
+mod data;
 mod masking;
 mod model;
 mod optim;
+mod tokenizer;
+mod train;
 
 pub use checkpoint::{load, load_config, save, CheckpointError, CONFIG_FILE, WEIGHTS_FILE};
 pub use config::BertConfig;
+pub use data::{pack, read_texts, tokenize, DataError, Packing};
 pub use masking::{MaskedBatch, MaskedSequence, Masker};
 pub use model::{BertForMaskedLm, Parameters};
 pub use optim::{AdamW, AdamWSettings};
+pub use tokenizer::{
+    continuation_ids, load_tokenizer, save_tokenizer, train_wordpiece, SpecialIds, TokenizerError,
+    SPECIAL_TOKENS, TOKENIZER_FILE,
+};
+pub use tokenizers::Tokenizer;
+pub use train::{
+    learning_rate, train, Evaluation, Event, ModelShape, Schedule, TokenizerSettings, TrainConfig,
+    TrainError, TrainOptions, TrainingSettings,
+};
 
 use candle_core::{Result, Tensor};
 use rand_chacha::ChaCha8Rng;

@@ -1,0 +1,137 @@
+//! Training text: read it, tokenize it, and cut it into the sequences the model sees.
+
+use std::path::{Path, PathBuf};
+
+use cloze_corpus::{CorpusError, DocumentReader, FieldMapping, TextLines};
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::tokenizer::SpecialIds;
+
+/// How tokenized texts become sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Packing {
+    /// Concatenate every text (separated by `[SEP]`) and cut the stream into full blocks of
+    /// `max_len` tokens, as Hugging Face's `run_mlm.py` `group_texts` does: no padding wasted.
+    #[default]
+    Blocks,
+    /// One text a sequence, truncated to `max_len` tokens.
+    Lines,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(transparent)]
+    Corpus(#[from] CorpusError),
+    #[error("tokenizing: {0}")]
+    Tokenize(String),
+}
+
+/// Reads the texts of every file: JSONL corpora (`.jsonl`, `.jsonl.gz`: title and text of each
+/// document, BEIR's layout) or plain text (anything else: one document or paragraph a line).
+pub fn read_texts(paths: &[PathBuf]) -> Result<Vec<String>, DataError> {
+    let mut texts = Vec::new();
+    for path in paths {
+        if is_jsonl(path) {
+            for document in DocumentReader::open(path, FieldMapping::default())? {
+                let document = document?;
+                let text = match (document.title.is_empty(), document.text.is_empty()) {
+                    (true, _) => document.text,
+                    (false, true) => document.title,
+                    (false, false) => format!("{}\n{}", document.title, document.text),
+                };
+                if !text.trim().is_empty() {
+                    texts.push(text);
+                }
+            }
+        } else {
+            for line in TextLines::open(path)? {
+                texts.push(line?);
+            }
+        }
+    }
+    Ok(texts)
+}
+
+fn is_jsonl(path: &Path) -> bool {
+    let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    name.ends_with(".jsonl") || name.ends_with(".jsonl.gz")
+}
+
+/// The token ids of each text, without special tokens.
+pub fn tokenize(tokenizer: &Tokenizer, texts: &[String]) -> Result<Vec<Vec<u32>>, DataError> {
+    let mut ids = Vec::with_capacity(texts.len());
+    // In chunks: full encodings (offsets, strings) of a whole corpus would not fit in memory.
+    for chunk in texts.chunks(4096) {
+        let encodings = tokenizer
+            .encode_batch(chunk.to_vec(), false)
+            .map_err(|e| DataError::Tokenize(e.to_string()))?;
+        ids.extend(encodings.into_iter().map(|encoding| encoding.get_ids().to_vec()));
+    }
+    Ok(ids)
+}
+
+/// Cuts tokenized texts into sequences of at most `max_len` tokens, each `[CLS] ... [SEP]`.
+pub fn pack(
+    texts: &[Vec<u32>],
+    packing: Packing,
+    max_len: usize,
+    special: SpecialIds,
+) -> Vec<Vec<u32>> {
+    let body = max_len.saturating_sub(2).max(1);
+    let wrap = |tokens: &[u32]| {
+        let mut sequence = Vec::with_capacity(tokens.len() + 2);
+        sequence.push(special.cls);
+        sequence.extend_from_slice(tokens);
+        sequence.push(special.sep);
+        sequence
+    };
+    match packing {
+        Packing::Lines => {
+            texts.iter().filter(|t| !t.is_empty()).map(|t| wrap(&t[..t.len().min(body)])).collect()
+        }
+        Packing::Blocks => {
+            let mut stream = Vec::new();
+            for text in texts.iter().filter(|t| !t.is_empty()) {
+                if !stream.is_empty() {
+                    stream.push(special.sep);
+                }
+                stream.extend_from_slice(text);
+            }
+            // The last, partial block is dropped, as group_texts does, unless it is all there is.
+            let full = stream.len() / body;
+            if full == 0 && !stream.is_empty() {
+                return vec![wrap(&stream)];
+            }
+            stream.chunks_exact(body).map(wrap).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPECIAL: SpecialIds = SpecialIds { pad: 0, unk: 1, cls: 2, sep: 3, mask: 4 };
+
+    #[test]
+    fn blocks_fill_max_len_and_lines_truncate() {
+        let texts = vec![vec![10, 11, 12], vec![], vec![20, 21, 22, 23, 24]];
+        let blocks = pack(&texts, Packing::Blocks, 5, SPECIAL);
+        assert_eq!(blocks, [vec![2, 10, 11, 12, 3], vec![2, 3, 20, 21, 3], vec![2, 22, 23, 24, 3]]);
+        let lines = pack(&texts, Packing::Lines, 5, SPECIAL);
+        assert_eq!(lines, [vec![2, 10, 11, 12, 3], vec![2, 20, 21, 22, 3]]);
+        assert_eq!(pack(&[vec![7]], Packing::Blocks, 8, SPECIAL), [vec![2, 7, 3]]);
+    }
+
+    #[test]
+    fn reads_plain_text_and_jsonl() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("a.txt");
+        std::fs::write(&text, "first paragraph\n\nsecond\n").unwrap();
+        let jsonl = dir.path().join("b.jsonl");
+        std::fs::write(&jsonl, "{\"_id\": \"1\", \"title\": \"T\", \"text\": \"body\"}\n").unwrap();
+        assert_eq!(read_texts(&[text, jsonl]).unwrap(), ["first paragraph", "second", "T\nbody"]);
+    }
+}

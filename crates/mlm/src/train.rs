@@ -1,0 +1,676 @@
+//! The training loop: what `run_mlm.py` does, repeatable and resumable.
+//!
+//! An output folder holds the run:
+//! ```text
+//! <out>/train_config.toml              the settings the run started with
+//! <out>/tokenizer.json, vocab.txt      trained at the start (or taken from --init)
+//! <out>/metrics.jsonl                  one line per step and per evaluation
+//! <out>/checkpoints/step-N/            model, optimizer moments, trainer state
+//! <out>/config.json, model.safetensors the final model, in the Hugging Face layout
+//! ```
+//! Resuming reloads the latest checkpoint: weights, optimizer moments, step, data position and
+//! the generator, so the continued run takes exactly the steps the uninterrupted one would.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
+
+use crate::checkpoint::{self, CheckpointError};
+use crate::config::BertConfig;
+use crate::data::{self, DataError, Packing};
+use crate::masking::Masker;
+use crate::mlm_loss;
+use crate::model::BertForMaskedLm;
+use crate::optim::{AdamW, AdamWSettings};
+use crate::tokenizer::{self, SpecialIds, TokenizerError};
+
+const CONFIG_FILE: &str = "train_config.toml";
+const METRICS_FILE: &str = "metrics.jsonl";
+const STATE_FILE: &str = "trainer_state.json";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const CHECKPOINTS_DIR: &str = "checkpoints";
+/// Checkpoints kept on disk besides the final model; older ones are removed.
+const CHECKPOINTS_KEPT: usize = 2;
+
+/// The encoder's shape; the vocabulary size comes from the tokenizer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelShape {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_dropout_prob: f64,
+    pub attention_probs_dropout_prob: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerSettings {
+    pub vocab_size: usize,
+    pub lowercase: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Linear warmup, then linear decay to zero at `max_steps`.
+    Linear,
+    /// Linear warmup, then half a cosine down to zero at `max_steps`.
+    Cosine,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSettings {
+    /// Tokens per sequence, `[CLS]` and `[SEP]` included.
+    pub max_len: usize,
+    pub batch_size: usize,
+    /// Batches whose gradients are summed into one update.
+    pub gradient_accumulation: usize,
+    pub max_steps: u64,
+    pub learning_rate: f64,
+    pub warmup_steps: u64,
+    pub schedule: Schedule,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    /// Share of tokens chosen for the cloze task.
+    pub mask_rate: f64,
+    pub whole_word_masking: bool,
+    pub packing: Packing,
+    /// Share of the training texts held out for evaluation when no validation file is given.
+    pub valid_fraction: f64,
+    /// Held-out sequences evaluated at most (the first ones).
+    pub eval_sequences: usize,
+    pub eval_every: u64,
+    pub checkpoint_every: u64,
+    pub seed: u64,
+}
+
+/// A preset: `configs/tiny.toml` and friends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub model: ModelShape,
+    pub tokenizer: TokenizerSettings,
+    pub training: TrainingSettings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{path}: {message}")]
+    Config { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("model: {0}")]
+    Model(#[from] candle_core::Error),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
+}
+
+impl TrainConfig {
+    pub fn load(path: &Path) -> Result<TrainConfig, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(io_error(path))?;
+        let config: TrainConfig = toml::from_str(&text)
+            .map_err(|e| TrainError::Config { path: path.to_path_buf(), message: e.to_string() })?;
+        config
+            .validate()
+            .map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let t = &self.training;
+        let positive = [
+            ("training.max_len", t.max_len as u64),
+            ("training.batch_size", t.batch_size as u64),
+            ("training.gradient_accumulation", t.gradient_accumulation as u64),
+            ("training.max_steps", t.max_steps),
+            ("training.eval_every", t.eval_every),
+            ("training.checkpoint_every", t.checkpoint_every),
+            ("tokenizer.vocab_size", self.tokenizer.vocab_size as u64),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("{name} must be at least 1"));
+        }
+        if t.max_len < 3 || t.max_len > self.model.max_position_embeddings {
+            return Err(format!(
+                "training.max_len ({}) must be between 3 and model.max_position_embeddings ({})",
+                t.max_len, self.model.max_position_embeddings
+            ));
+        }
+        if !(t.mask_rate > 0.0 && t.mask_rate < 1.0) {
+            return Err(format!("training.mask_rate must be in (0, 1), found {}", t.mask_rate));
+        }
+        if !(0.0..1.0).contains(&t.valid_fraction) {
+            return Err(format!(
+                "training.valid_fraction must be in [0, 1), found {}",
+                t.valid_fraction
+            ));
+        }
+        if t.learning_rate.is_nan() || t.learning_rate <= 0.0 {
+            return Err("training.learning_rate must be above 0".to_string());
+        }
+        self.bert_config(self.tokenizer.vocab_size, 0).validate().map_err(|e| format!("model: {e}"))
+    }
+
+    /// The full model config for a vocabulary.
+    pub fn bert_config(&self, vocab_size: usize, pad_token_id: usize) -> BertConfig {
+        let m = &self.model;
+        BertConfig {
+            vocab_size,
+            hidden_size: m.hidden_size,
+            num_hidden_layers: m.num_hidden_layers,
+            num_attention_heads: m.num_attention_heads,
+            intermediate_size: m.intermediate_size,
+            hidden_act: "gelu".to_string(),
+            hidden_dropout_prob: m.hidden_dropout_prob,
+            attention_probs_dropout_prob: m.attention_probs_dropout_prob,
+            max_position_embeddings: m.max_position_embeddings,
+            type_vocab_size: 2,
+            initializer_range: 0.02,
+            layer_norm_eps: 1e-12,
+            pad_token_id,
+        }
+    }
+}
+
+/// The learning rate at `step` (0-based): linear warmup, then the schedule's decay to zero.
+pub fn learning_rate(settings: &TrainingSettings, step: u64) -> f64 {
+    let peak = settings.learning_rate;
+    if step < settings.warmup_steps {
+        return peak * (step + 1) as f64 / settings.warmup_steps as f64;
+    }
+    let decay_steps = settings.max_steps.saturating_sub(settings.warmup_steps).max(1);
+    let progress = ((step - settings.warmup_steps) as f64 / decay_steps as f64).min(1.0);
+    match settings.schedule {
+        Schedule::Linear => peak * (1.0 - progress),
+        Schedule::Cosine => peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+    }
+}
+
+/// What to train on and where to put it.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    pub config: TrainConfig,
+    /// Training text: plain text (one document or paragraph a line) or JSONL corpora.
+    pub corpus: Vec<PathBuf>,
+    /// Held-out text; without it, `valid_fraction` of the training texts is held out.
+    pub valid: Vec<PathBuf>,
+    pub out: PathBuf,
+    /// Start from this Hugging Face BERT checkpoint (and its tokenizer) instead of from scratch.
+    pub init: Option<PathBuf>,
+    /// Continue the run in `out` from its latest checkpoint.
+    pub resume: bool,
+    /// Stop (with a checkpoint) after this step, as if interrupted; the schedule still runs to
+    /// `max_steps`, so a resumed run carries on exactly.
+    pub stop_after: Option<u64>,
+    pub device: Device,
+}
+
+/// Progress, as the run goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Before training: what it will run on.
+    Ready {
+        train_sequences: usize,
+        valid_sequences: usize,
+        parameters: usize,
+        start_step: u64,
+    },
+    Step {
+        step: u64,
+        loss: f64,
+        learning_rate: f64,
+        grad_norm: f64,
+        tokens: usize,
+        seconds: f64,
+    },
+    Evaluation(Evaluation),
+    Checkpoint {
+        step: u64,
+        path: PathBuf,
+    },
+}
+
+/// Held-out masked-token accuracy and perplexity.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Evaluation {
+    pub step: u64,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub perplexity: f64,
+    pub masked_tokens: usize,
+}
+
+/// Where the run is: enough, with a checkpoint's weights and moments, to continue exactly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainerState {
+    step: u64,
+    epoch: u64,
+    /// Sequences of the current epoch already used.
+    position: usize,
+    rng: ChaCha8Rng,
+}
+
+/// Trains, reporting each step to `on_event`; returns the final held-out evaluation.
+pub fn train(
+    options: &TrainOptions,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Evaluation, TrainError> {
+    let out = &options.out;
+    let config = prepare_output(options)?;
+    let settings = &config.training;
+    let device = &options.device;
+
+    let texts = data::read_texts(&options.corpus)?;
+    let tokenizer = prepare_tokenizer(options, &config, &texts)?;
+    let special = SpecialIds::of(&tokenizer)?;
+    let (train_texts, valid_texts) = split_validation(options, texts)?;
+    let train = data::pack(
+        &data::tokenize(&tokenizer, &train_texts)?,
+        settings.packing,
+        settings.max_len,
+        special,
+    );
+    let mut valid = data::pack(
+        &data::tokenize(&tokenizer, &valid_texts)?,
+        settings.packing,
+        settings.max_len,
+        special,
+    );
+    valid.truncate(settings.eval_sequences);
+    if train.is_empty() {
+        return Err(TrainError::Invalid("the training text has no tokens".to_string()));
+    }
+
+    let vocab_size = tokenizer.get_vocab_size(true);
+    let mut init_rng = ChaCha8Rng::seed_from_u64(settings.seed);
+    let latest = if options.resume { latest_checkpoint(out)? } else { None };
+    let model = match (&latest, &options.init) {
+        (Some((_, dir)), _) => checkpoint::load(dir, &mut init_rng, device)?,
+        (None, Some(init)) => checkpoint::load(init, &mut init_rng, device)?,
+        (None, None) => BertForMaskedLm::new(
+            &config.bert_config(vocab_size, special.pad as usize),
+            &mut init_rng,
+            device,
+        )?,
+    };
+    if model.config().vocab_size < vocab_size {
+        return Err(TrainError::Invalid(format!(
+            "the tokenizer has {vocab_size} tokens but the model only {}",
+            model.config().vocab_size
+        )));
+    }
+    if settings.max_len > model.config().max_position_embeddings {
+        return Err(TrainError::Invalid(format!(
+            "training.max_len ({}) is longer than the model's max_position_embeddings ({})",
+            settings.max_len,
+            model.config().max_position_embeddings
+        )));
+    }
+    let mut optimizer = AdamW::new(
+        model.parameters(),
+        AdamWSettings { weight_decay: settings.weight_decay, ..AdamWSettings::default() },
+    )?;
+    let mut state = TrainerState {
+        step: 0,
+        epoch: 0,
+        position: 0,
+        rng: ChaCha8Rng::seed_from_u64(settings.seed ^ 0x5eed),
+    };
+    if let Some((_, dir)) = &latest {
+        let optimizer_path = dir.join(OPTIMIZER_FILE);
+        let moments = candle_core::safetensors::load(&optimizer_path, device)?;
+        optimizer.load_state(&moments)?;
+        let state_path = dir.join(STATE_FILE);
+        let text = std::fs::read_to_string(&state_path).map_err(io_error(&state_path))?;
+        state = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Config { path: state_path.clone(), message: e.to_string() })?;
+    }
+    let mut metrics = open_metrics(out, state.step)?;
+
+    let masker = Masker {
+        rate: settings.mask_rate,
+        mask_id: special.mask,
+        pad_id: special.pad,
+        vocab_size: vocab_size as u32,
+        special: special_flags(&tokenizer, special),
+        continuation: settings.whole_word_masking.then(|| tokenizer::continuation_ids(&tokenizer)),
+    };
+    on_event(&Event::Ready {
+        train_sequences: train.len(),
+        valid_sequences: valid.len(),
+        parameters: model.parameters().iter().map(|(_, var)| var.elem_count()).sum(),
+        start_step: state.step,
+    });
+
+    let stop = options.stop_after.unwrap_or(settings.max_steps).min(settings.max_steps);
+    let mut order = epoch_order(train.len(), settings.seed, state.epoch);
+    let mut last_evaluation = None;
+    while state.step < stop {
+        let started = Instant::now();
+        let mut gradients: Option<Vec<Tensor>> = None;
+        let mut loss_sum = 0.0;
+        let mut tokens = 0;
+        for _ in 0..settings.gradient_accumulation {
+            let mut sequences = Vec::with_capacity(settings.batch_size);
+            while sequences.len() < settings.batch_size {
+                if state.position == order.len() {
+                    state.epoch += 1;
+                    state.position = 0;
+                    order = epoch_order(train.len(), settings.seed, state.epoch);
+                }
+                sequences.push(train[order[state.position]].clone());
+                state.position += 1;
+            }
+            let batch = masker.mask_batch(&sequences, &mut state.rng, device)?;
+            tokens += batch.tokens;
+            let (loss, _) = mlm_loss(&model, &batch, Some(&mut state.rng))?;
+            loss_sum += f64::from(loss.to_scalar::<f32>()?);
+            let scaled = (loss / settings.gradient_accumulation as f64)?;
+            let micro = optimizer.gradients(&scaled.backward()?)?;
+            gradients = Some(match gradients {
+                None => micro,
+                Some(sum) => sum
+                    .iter()
+                    .zip(&micro)
+                    .map(|(a, b)| a + b)
+                    .collect::<candle_core::Result<_>>()?,
+            });
+        }
+        let learning_rate = learning_rate(settings, state.step);
+        let grad_norm = optimizer.step(
+            &gradients.expect("at least one micro-batch"),
+            learning_rate,
+            Some(settings.max_grad_norm),
+        )?;
+        state.step += 1;
+        let loss = loss_sum / settings.gradient_accumulation as f64;
+        let seconds = started.elapsed().as_secs_f64();
+        write_metric(
+            &mut metrics,
+            out,
+            &serde_json::json!({
+                "step": state.step, "loss": loss, "learning_rate": learning_rate,
+                "grad_norm": grad_norm, "tokens_per_second": tokens as f64 / seconds,
+            }),
+        )?;
+        on_event(&Event::Step {
+            step: state.step,
+            loss,
+            learning_rate,
+            grad_norm,
+            tokens,
+            seconds,
+        });
+
+        let finished = state.step == stop;
+        if state.step.is_multiple_of(settings.eval_every) || finished {
+            let evaluation = evaluate(&model, &masker, &valid, settings, state.step, device)?;
+            if let Some(evaluation) = evaluation {
+                write_metric(
+                    &mut metrics,
+                    out,
+                    &serde_json::json!({
+                        "step": evaluation.step, "eval_loss": evaluation.loss, "eval_accuracy": evaluation.accuracy,
+                        "eval_perplexity": evaluation.perplexity, "eval_masked_tokens": evaluation.masked_tokens,
+                    }),
+                )?;
+                on_event(&Event::Evaluation(evaluation));
+                last_evaluation = Some(evaluation);
+            }
+        }
+        if state.step.is_multiple_of(settings.checkpoint_every) || finished {
+            let path = save_checkpoint(out, &model, &tokenizer, &optimizer, &state)?;
+            on_event(&Event::Checkpoint { step: state.step, path });
+        }
+    }
+    if state.step == settings.max_steps {
+        checkpoint::save(&model, out)?;
+        tokenizer::save_tokenizer(&tokenizer, out)?;
+    }
+    match last_evaluation {
+        Some(evaluation) => Ok(evaluation),
+        None => evaluate(&model, &masker, &valid, settings, state.step, device)?
+            .ok_or_else(|| TrainError::Invalid("no held-out text to evaluate on".to_string())),
+    }
+}
+
+/// Creates or checks the output folder and returns the run's settings.
+fn prepare_output(options: &TrainOptions) -> Result<TrainConfig, TrainError> {
+    let out = &options.out;
+    let saved = out.join(CONFIG_FILE);
+    if options.resume {
+        let config = TrainConfig::load(&saved)?;
+        if config != options.config {
+            return Err(TrainError::Invalid(format!(
+                "the settings differ from those of the run being resumed ({}); resume with the same settings",
+                saved.display()
+            )));
+        }
+        return Ok(config);
+    }
+    options.config.validate().map_err(TrainError::Invalid)?;
+    if saved.exists() {
+        return Err(TrainError::Invalid(format!(
+            "{} already holds a training run: use --resume to continue it, or another --out",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(out).map_err(io_error(out))?;
+    let text = toml::to_string(&options.config).expect("a config serializes");
+    std::fs::write(&saved, text).map_err(io_error(&saved))?;
+    Ok(options.config.clone())
+}
+
+fn prepare_tokenizer(
+    options: &TrainOptions,
+    config: &TrainConfig,
+    texts: &[String],
+) -> Result<Tokenizer, TrainError> {
+    if let Some(init) = &options.init {
+        let tokenizer = tokenizer::load_tokenizer(init)?;
+        tokenizer::save_tokenizer(&tokenizer, &options.out)?;
+        return Ok(tokenizer);
+    }
+    if options.out.join(tokenizer::TOKENIZER_FILE).exists() && options.resume {
+        return Ok(tokenizer::load_tokenizer(&options.out)?);
+    }
+    let tokenizer = tokenizer::train_wordpiece(
+        texts.iter(),
+        config.tokenizer.vocab_size,
+        config.tokenizer.lowercase,
+        false,
+    )?;
+    tokenizer::save_tokenizer(&tokenizer, &options.out)?;
+    Ok(tokenizer)
+}
+
+/// The validation files' texts, or a seeded sample of the training texts.
+fn split_validation(
+    options: &TrainOptions,
+    texts: Vec<String>,
+) -> Result<(Vec<String>, Vec<String>), TrainError> {
+    if !options.valid.is_empty() {
+        return Ok((texts, data::read_texts(&options.valid)?));
+    }
+    let settings = &options.config.training;
+    let held_out = (texts.len() as f64 * settings.valid_fraction).round() as usize;
+    let mut indices: Vec<usize> = (0..texts.len()).collect();
+    indices.shuffle(&mut ChaCha8Rng::seed_from_u64(settings.seed ^ 0xda7a));
+    let mut is_valid = vec![false; texts.len()];
+    indices[..held_out].iter().for_each(|i| is_valid[*i] = true);
+    let (valid, train): (Vec<_>, Vec<_>) = texts.into_iter().zip(is_valid).partition(|(_, v)| *v);
+    Ok((train.into_iter().map(|(t, _)| t).collect(), valid.into_iter().map(|(t, _)| t).collect()))
+}
+
+/// The order of the training sequences in one epoch: a fresh seeded shuffle each epoch.
+fn epoch_order(count: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..count).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+        seed.wrapping_add(epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+    ));
+    order
+}
+
+fn special_flags(tokenizer: &Tokenizer, special: SpecialIds) -> Vec<bool> {
+    let mut flags = vec![false; tokenizer.get_vocab_size(true)];
+    for id in [special.pad, special.unk, special.cls, special.sep, special.mask] {
+        flags[id as usize] = true;
+    }
+    flags
+}
+
+/// Masked-token loss and accuracy on the held-out sequences, with the same masks every time
+/// (a fixed seed) and no dropout. `None` when there is nothing held out.
+fn evaluate(
+    model: &BertForMaskedLm,
+    masker: &Masker,
+    valid: &[Vec<u32>],
+    settings: &TrainingSettings,
+    step: u64,
+    device: &Device,
+) -> Result<Option<Evaluation>, TrainError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(settings.seed ^ 0xe7a1);
+    let (mut loss_sum, mut correct, mut total) = (0.0, 0usize, 0usize);
+    for chunk in valid.chunks(settings.batch_size) {
+        let batch = masker.mask_batch(chunk, &mut rng, device)?;
+        let (loss, logits) = mlm_loss(model, &batch, None)?;
+        let count = batch.labels.dim(0)?;
+        loss_sum += f64::from(loss.to_scalar::<f32>()?) * count as f64;
+        let predicted = logits.argmax(candle_core::D::Minus1)?;
+        correct += predicted
+            .eq(&batch.labels)?
+            .to_dtype(candle_core::DType::U32)?
+            .sum_all()?
+            .to_scalar::<u32>()? as usize;
+        total += count;
+    }
+    if total == 0 {
+        return Ok(None);
+    }
+    let loss = loss_sum / total as f64;
+    Ok(Some(Evaluation {
+        step,
+        loss,
+        accuracy: correct as f64 / total as f64,
+        perplexity: loss.exp(),
+        masked_tokens: total,
+    }))
+}
+
+fn checkpoint_dir(out: &Path, step: u64) -> PathBuf {
+    out.join(CHECKPOINTS_DIR).join(format!("step-{step}"))
+}
+
+/// The newest checkpoint in `out`, by step.
+fn latest_checkpoint(out: &Path) -> Result<Option<(u64, PathBuf)>, TrainError> {
+    let dir = out.join(CHECKPOINTS_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(TrainError::Invalid(format!(
+                "nothing to resume: {} has no checkpoints",
+                out.display()
+            )))
+        }
+        Err(source) => return Err(TrainError::Io { path: dir, source }),
+    };
+    let mut steps: Vec<u64> = entries
+        .filter_map(Result::ok)
+        .filter(|entry| entry.path().join(STATE_FILE).is_file())
+        .filter_map(|entry| entry.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+        .collect();
+    steps.sort_unstable();
+    Ok(steps.last().map(|step| (*step, checkpoint_dir(out, *step))))
+}
+
+/// Writes a checkpoint whole into a temporary folder, then renames it into place, so a crash
+/// never leaves a half-written one to resume from; keeps the newest few.
+fn save_checkpoint(
+    out: &Path,
+    model: &BertForMaskedLm,
+    tokenizer: &Tokenizer,
+    optimizer: &AdamW,
+    state: &TrainerState,
+) -> Result<PathBuf, TrainError> {
+    let final_dir = checkpoint_dir(out, state.step);
+    let building = out.join(CHECKPOINTS_DIR).join(format!(".step-{}.tmp", state.step));
+    if building.exists() {
+        std::fs::remove_dir_all(&building).map_err(io_error(&building))?;
+    }
+    checkpoint::save(model, &building)?;
+    tokenizer::save_tokenizer(tokenizer, &building)?;
+    let moments: HashMap<String, Tensor> = optimizer.state()?;
+    candle_core::safetensors::save(&moments, building.join(OPTIMIZER_FILE))?;
+    let state_path = building.join(STATE_FILE);
+    std::fs::write(&state_path, serde_json::to_string(state).expect("state serializes"))
+        .map_err(io_error(&state_path))?;
+    if final_dir.exists() {
+        std::fs::remove_dir_all(&final_dir).map_err(io_error(&final_dir))?;
+    }
+    std::fs::rename(&building, &final_dir).map_err(io_error(&final_dir))?;
+
+    let root = out.join(CHECKPOINTS_DIR);
+    let mut steps: Vec<u64> = std::fs::read_dir(&root)
+        .map_err(io_error(&root))?
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
+        .collect();
+    steps.sort_unstable();
+    for step in steps.iter().rev().skip(CHECKPOINTS_KEPT) {
+        let old = checkpoint_dir(out, *step);
+        std::fs::remove_dir_all(&old).map_err(io_error(&old))?;
+    }
+    Ok(final_dir)
+}
+
+/// Opens the metrics log for appending, first dropping lines past `step` (left by a run that
+/// went on after the checkpoint being resumed).
+fn open_metrics(out: &Path, step: u64) -> Result<std::fs::File, TrainError> {
+    let path = out.join(METRICS_FILE);
+    let kept: String = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s <= step)
+            })
+            .map(|line| format!("{line}\n"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(source) => return Err(TrainError::Io { path, source }),
+    };
+    std::fs::write(&path, kept).map_err(io_error(&path))?;
+    std::fs::OpenOptions::new().append(true).open(&path).map_err(io_error(&path))
+}
+
+fn write_metric(
+    file: &mut std::fs::File,
+    out: &Path,
+    record: &serde_json::Value,
+) -> Result<(), TrainError> {
+    writeln!(file, "{record}").map_err(io_error(&out.join(METRICS_FILE)))
+}

@@ -1,0 +1,139 @@
+//! The training loop: presets load, a run repeats exactly, and a resumed run continues as if
+//! it had never stopped.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use cloze_mlm::{train, Event, TrainConfig, TrainOptions};
+
+fn configs_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+}
+
+#[test]
+fn every_preset_loads() {
+    for name in ["tiny", "small", "base"] {
+        let config = TrainConfig::load(&configs_dir().join(format!("{name}.toml"))).unwrap();
+        assert!(config.model.hidden_size >= 128, "{name}");
+    }
+}
+
+/// A config small enough to train in a test, from the tiny preset.
+fn test_config() -> TrainConfig {
+    let mut config = TrainConfig::load(&configs_dir().join("tiny.toml")).unwrap();
+    config.model.hidden_size = 32;
+    config.model.intermediate_size = 64;
+    config.model.max_position_embeddings = 64;
+    config.tokenizer.vocab_size = 300;
+    let t = &mut config.training;
+    (t.max_len, t.batch_size, t.gradient_accumulation, t.max_steps, t.warmup_steps) =
+        (32, 4, 2, 20, 4);
+    (t.eval_every, t.checkpoint_every, t.valid_fraction) = (5, 100, 0.1);
+    config
+}
+
+fn corpus(dir: &Path) -> PathBuf {
+    let path = dir.join("corpus.txt");
+    let words = [
+        "the", "cat", "sat", "on", "a", "mat", "while", "dogs", "ran", "through", "fields", "of",
+        "grass",
+    ];
+    let lines: Vec<String> = (0..120)
+        .map(|i| {
+            (0..8 + i % 7)
+                .map(|j| words[(i * 7 + j * 3) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+fn options(config: &TrainConfig, corpus: &Path, out: &Path) -> TrainOptions {
+    TrainOptions {
+        config: config.clone(),
+        corpus: vec![corpus.to_path_buf()],
+        valid: vec![],
+        out: out.to_path_buf(),
+        init: None,
+        resume: false,
+        stop_after: None,
+        device: Device::Cpu,
+    }
+}
+
+/// Step losses, by step, from a run's metrics log.
+fn losses(out: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|record| record.get("loss").is_some())
+        .map(|record| (record["step"].as_u64().unwrap(), record["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_resumed_run_gives_the_same_losses_as_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    let config = test_config();
+
+    let straight = dir.path().join("straight");
+    let mut events = Vec::new();
+    let evaluation =
+        train(&options(&config, &corpus, &straight), &mut |e| events.push(e.clone())).unwrap();
+    assert!(matches!(events[0], Event::Ready { start_step: 0, .. }));
+    assert_eq!(events.iter().filter(|e| matches!(e, Event::Evaluation(_))).count(), 4);
+    assert!(evaluation.accuracy > 0.0 && evaluation.perplexity > 1.0);
+    for file in
+        ["config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "train_config.toml"]
+    {
+        assert!(straight.join(file).is_file(), "{file} missing");
+    }
+
+    let interrupted = dir.path().join("interrupted");
+    let mut first = options(&config, &corpus, &interrupted);
+    first.stop_after = Some(10);
+    train(&first, &mut |_| {}).unwrap();
+    assert!(!interrupted.join("model.safetensors").exists(), "no final model before max_steps");
+    let mut rest = options(&config, &corpus, &interrupted);
+    rest.resume = true;
+    let mut resumed_events = Vec::new();
+    let resumed_evaluation = train(&rest, &mut |e| resumed_events.push(e.clone())).unwrap();
+    assert!(matches!(resumed_events[0], Event::Ready { start_step: 10, .. }));
+
+    let expected = losses(&straight);
+    assert_eq!(expected.len(), 20);
+    assert_eq!(losses(&interrupted), expected);
+    assert_eq!(resumed_evaluation, evaluation);
+    assert_eq!(
+        std::fs::read(straight.join("model.safetensors")).unwrap(),
+        std::fs::read(interrupted.join("model.safetensors")).unwrap()
+    );
+
+    // The training repeats: the loss falls on this tiny, repetitive text.
+    assert!(expected[19].1 < expected[0].1, "loss did not fall: {expected:?}");
+}
+
+#[test]
+fn bad_runs_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    let mut config = test_config();
+    config.training.max_steps = 1;
+    let out = dir.path().join("run");
+    train(&options(&config, &corpus, &out), &mut |_| {}).unwrap();
+    let again = train(&options(&config, &corpus, &out), &mut |_| {}).unwrap_err().to_string();
+    assert!(again.contains("already holds a training run"), "{again}");
+    let mut changed = options(&config, &corpus, &out);
+    changed.resume = true;
+    changed.config.training.learning_rate = 0.5;
+    let error = train(&changed, &mut |_| {}).unwrap_err().to_string();
+    assert!(error.contains("settings differ"), "{error}");
+    let mut bad = options(&config, &corpus, &dir.path().join("bad"));
+    bad.config.training.max_len = 1000;
+    let error = train(&bad, &mut |_| {}).unwrap_err().to_string();
+    assert!(error.contains("max_len"), "{error}");
+}
