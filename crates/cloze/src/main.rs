@@ -10,10 +10,12 @@ use clap::{ArgAction, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 /// Cloze: a self-hosted search engine. Put documents in a collection, search them by keywords,
-/// and measure the ranking against relevance judgments.
+/// measure the ranking against relevance judgments, and train an encoder on your own text.
 ///
 /// Start with `cloze index --collection NAME --corpus corpus.jsonl`, then `cloze search` and
-/// `cloze eval`. Every command's `--help` says more.
+/// `cloze eval`; `cloze train --config configs/tiny.toml --corpus FILE --out DIR` trains an
+/// encoder and `cloze embed` turns documents into vectors with it. Every command's `--help`
+/// says more.
 #[derive(Debug, Parser)]
 #[command(name = "cloze", version, propagate_version = true, max_term_width = 100)]
 struct Cli {
@@ -41,6 +43,8 @@ enum Command {
     Search(commands::search::SearchArgs),
     Eval(commands::eval::EvalArgs),
     Collections(commands::collections::CollectionsArgs),
+    Train(commands::train::TrainArgs),
+    Embed(commands::embed::EmbedArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +66,8 @@ fn main() -> ExitCode {
         Command::Search(args) => commands::search::run(&data_dir, args),
         Command::Eval(args) => commands::eval::run(&data_dir, args),
         Command::Collections(args) => commands::collections::run(&data_dir, args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Embed(args) => commands::embed::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

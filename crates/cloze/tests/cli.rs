@@ -307,3 +307,95 @@ fn bad_arguments_and_files_get_clear_errors() {
         assert!(error.contains(expected), "{args:?}: {error}");
     }
 }
+
+/// A training corpus of a few hundred short lines, enough for a tokenizer and a few steps.
+fn training_text(ws: &Workspace) -> PathBuf {
+    let words = [
+        "solar",
+        "wind",
+        "power",
+        "turns",
+        "light",
+        "into",
+        "electricity",
+        "bread",
+        "needs",
+        "flour",
+    ];
+    let lines: Vec<String> = (0..300)
+        .map(|i| {
+            (0..6 + i % 5)
+                .map(|j| words[(i * 3 + j * 7) % words.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    ws.file("train.txt", lines.join("\n"))
+}
+
+#[test]
+fn train_a_tiny_encoder_then_embed_with_it() {
+    let ws = Workspace::new();
+    let text = training_text(&ws);
+    let preset = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/tiny.toml");
+    let out = ws.dir.path().join("model");
+    let small = [
+        "--set",
+        "model.hidden_size=32",
+        "--set",
+        "model.intermediate_size=64",
+        "--set",
+        "tokenizer.vocab_size=200",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--max-len",
+        "32",
+        "--set",
+        "training.warmup_steps=1",
+    ];
+    let mut args =
+        vec!["train", "--config", path(&preset), "--corpus", path(&text), "--out", path(&out)];
+    args.extend(small);
+    let done = ws.ok(&args);
+    assert!(done.contains("held-out masked-token accuracy"), "{done}");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (config["hidden_size"].as_u64(), config["architectures"][0].as_str()),
+        (Some(32), Some("BertForMaskedLM"))
+    );
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(log.lines().filter(|line| line.contains("\"loss\"")).count(), 4);
+    assert!(log.contains("eval_accuracy") && log.contains("tokens_per_second"));
+
+    let again = ws.fails(&args);
+    assert!(again.contains("already holds a training run"), "{again}");
+    let bad = ws.fails(&[
+        "train",
+        "--config",
+        path(&preset),
+        "--corpus",
+        path(&text),
+        "--out",
+        "x",
+        "--set",
+        "model.width=3",
+    ]);
+    assert!(bad.contains("--set model.width=3") && bad.contains("no setting \"width\""), "{bad}");
+
+    let docs = ws.file("docs.jsonl", CORPUS);
+    let vectors = ws.ok(&["embed", "--model", path(&out), "--input", path(&docs)]);
+    let lines: Vec<Value> =
+        vectors.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["id"], "d1");
+    let vector: Vec<f64> =
+        lines[0]["vector"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    assert_eq!(vector.len(), 32);
+    assert!((vector.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-4);
+    let missing =
+        ws.fails(&["embed", "--model", path(&ws.dir.path().join("nope")), "--input", path(&docs)]);
+    assert!(missing.contains("config.json"), "{missing}");
+}

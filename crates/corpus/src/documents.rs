@@ -19,6 +19,18 @@ pub struct Document {
     pub metadata: Map<String, Value>,
 }
 
+impl Document {
+    /// Title and text as one string (a newline between them when both are there): what keyword
+    /// search indexes and what a model reads.
+    pub fn searchable_text(&self) -> String {
+        match (self.title.is_empty(), self.text.is_empty()) {
+            (true, _) => self.text.clone(),
+            (false, true) => self.title.clone(),
+            (false, false) => format!("{}\n{}", self.title, self.text),
+        }
+    }
+}
+
 /// Which JSON fields hold the id, the searched text and the title.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldMapping {

@@ -299,7 +299,7 @@ impl Collection {
         stored.add_text(fields.id, &document.id);
         stored.add_text(fields.title, &document.title);
         stored.add_text(fields.text, &document.text);
-        stored.add_text(fields.body, format!("{}\n{}", document.title, document.text));
+        stored.add_text(fields.body, document.searchable_text());
         if !document.metadata.is_empty() {
             stored.add_field_value(fields.metadata, &OwnedValue::from(document.metadata.clone()));
         }

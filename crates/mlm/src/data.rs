@@ -35,12 +35,7 @@ pub fn read_texts(paths: &[PathBuf]) -> Result<Vec<String>, DataError> {
     for path in paths {
         if is_jsonl(path) {
             for document in DocumentReader::open(path, FieldMapping::default())? {
-                let document = document?;
-                let text = match (document.title.is_empty(), document.text.is_empty()) {
-                    (true, _) => document.text,
-                    (false, true) => document.title,
-                    (false, false) => format!("{}\n{}", document.title, document.text),
-                };
+                let text = document?.searchable_text();
                 if !text.trim().is_empty() {
                     texts.push(text);
                 }

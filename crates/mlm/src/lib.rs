@@ -6,6 +6,7 @@
 mod checkpoint;
 mod config;
 mod data;
+mod embed;
 mod masking;
 mod model;
 mod optim;
@@ -15,6 +16,7 @@ mod train;
 pub use checkpoint::{load, load_config, save, CheckpointError, CONFIG_FILE, WEIGHTS_FILE};
 pub use config::BertConfig;
 pub use data::{pack, read_texts, tokenize, DataError, Packing};
+pub use embed::{EmbedError, Embedder, Pooling};
 pub use masking::{MaskedBatch, MaskedSequence, Masker};
 pub use model::{BertForMaskedLm, Parameters};
 pub use optim::{AdamW, AdamWSettings};

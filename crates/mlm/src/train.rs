@@ -130,11 +130,14 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 impl TrainConfig {
     pub fn load(path: &Path) -> Result<TrainConfig, TrainError> {
         let text = std::fs::read_to_string(path).map_err(io_error(path))?;
-        let config: TrainConfig = toml::from_str(&text)
-            .map_err(|e| TrainError::Config { path: path.to_path_buf(), message: e.to_string() })?;
-        config
-            .validate()
-            .map_err(|message| TrainError::Config { path: path.to_path_buf(), message })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks settings in TOML; `origin` names them in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<TrainConfig, TrainError> {
+        let invalid = |message: String| TrainError::Config { path: origin.to_path_buf(), message };
+        let config: TrainConfig = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        config.validate().map_err(invalid)?;
         Ok(config)
     }
 
@@ -260,6 +263,9 @@ pub struct Evaluation {
     pub accuracy: f64,
     pub perplexity: f64,
     pub masked_tokens: usize,
+    /// The accuracy of always predicting the training text's most frequent token: the floor a
+    /// model that learnt anything must beat.
+    pub baseline_accuracy: f64,
 }
 
 /// Where the run is: enough, with a checkpoint's weights and moments, to continue exactly.
@@ -364,6 +370,7 @@ pub fn train(
         start_step: state.step,
     });
 
+    let most_frequent = most_frequent_token(&train, &masker);
     let stop = options.stop_after.unwrap_or(settings.max_steps).min(settings.max_steps);
     let mut order = epoch_order(train.len(), settings.seed, state.epoch);
     let mut last_evaluation = None;
@@ -426,7 +433,8 @@ pub fn train(
 
         let finished = state.step == stop;
         if state.step.is_multiple_of(settings.eval_every) || finished {
-            let evaluation = evaluate(&model, &masker, &valid, settings, state.step, device)?;
+            let evaluation =
+                evaluate(&model, &masker, &valid, settings, state.step, most_frequent, device)?;
             if let Some(evaluation) = evaluation {
                 write_metric(
                     &mut metrics,
@@ -434,6 +442,7 @@ pub fn train(
                     &serde_json::json!({
                         "step": evaluation.step, "eval_loss": evaluation.loss, "eval_accuracy": evaluation.accuracy,
                         "eval_perplexity": evaluation.perplexity, "eval_masked_tokens": evaluation.masked_tokens,
+                        "eval_baseline_accuracy": evaluation.baseline_accuracy,
                     }),
                 )?;
                 on_event(&Event::Evaluation(evaluation));
@@ -451,7 +460,7 @@ pub fn train(
     }
     match last_evaluation {
         Some(evaluation) => Ok(evaluation),
-        None => evaluate(&model, &masker, &valid, settings, state.step, device)?
+        None => evaluate(&model, &masker, &valid, settings, state.step, most_frequent, device)?
             .ok_or_else(|| TrainError::Invalid("no held-out text to evaluate on".to_string())),
     }
 }
@@ -488,22 +497,52 @@ fn prepare_tokenizer(
     config: &TrainConfig,
     texts: &[String],
 ) -> Result<Tokenizer, TrainError> {
-    if let Some(init) = &options.init {
+    let mut tokenizer = if let Some(init) = &options.init {
         let tokenizer = tokenizer::load_tokenizer(init)?;
+        // Saved as it came (with its own padding and truncation), so the trained model embeds
+        // like the original; the sentence-transformers settings go along for the same reason.
         tokenizer::save_tokenizer(&tokenizer, &options.out)?;
-        return Ok(tokenizer);
-    }
-    if options.out.join(tokenizer::TOKENIZER_FILE).exists() && options.resume {
-        return Ok(tokenizer::load_tokenizer(&options.out)?);
-    }
-    let tokenizer = tokenizer::train_wordpiece(
-        texts.iter(),
-        config.tokenizer.vocab_size,
-        config.tokenizer.lowercase,
-        false,
-    )?;
-    tokenizer::save_tokenizer(&tokenizer, &options.out)?;
+        copy_sentence_transformers_settings(init, &options.out)?;
+        tokenizer
+    } else if options.resume && options.out.join(tokenizer::TOKENIZER_FILE).exists() {
+        tokenizer::load_tokenizer(&options.out)?
+    } else {
+        let tokenizer = tokenizer::train_wordpiece(
+            texts.iter(),
+            config.tokenizer.vocab_size,
+            config.tokenizer.lowercase,
+            false,
+        )?;
+        tokenizer::save_tokenizer(&tokenizer, &options.out)?;
+        tokenizer
+    };
+    // Training text is packed into blocks here: a tokenizer that pads or truncates by itself
+    // (all-MiniLM-L6-v2's pads everything to 128) would fill them with [PAD] and cut texts.
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| TrainError::Invalid(format!("tokenizer settings: {e}")))?;
     Ok(tokenizer)
+}
+
+/// The files sentence-transformers reads besides the weights (length, pooling), when present.
+fn copy_sentence_transformers_settings(from: &Path, to: &Path) -> Result<(), TrainError> {
+    for name in [
+        "sentence_bert_config.json",
+        "modules.json",
+        "config_sentence_transformers.json",
+        "1_Pooling/config.json",
+    ] {
+        let source = from.join(name);
+        if source.is_file() {
+            let target = to.join(name);
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(io_error(parent))?;
+            }
+            std::fs::copy(&source, &target).map_err(io_error(&target))?;
+        }
+    }
+    Ok(())
 }
 
 /// The validation files' texts, or a seeded sample of the training texts.
@@ -549,10 +588,11 @@ fn evaluate(
     valid: &[Vec<u32>],
     settings: &TrainingSettings,
     step: u64,
+    most_frequent: u32,
     device: &Device,
 ) -> Result<Option<Evaluation>, TrainError> {
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed ^ 0xe7a1);
-    let (mut loss_sum, mut correct, mut total) = (0.0, 0usize, 0usize);
+    let (mut loss_sum, mut correct, mut total, mut baseline) = (0.0, 0usize, 0usize, 0usize);
     for chunk in valid.chunks(settings.batch_size) {
         let batch = masker.mask_batch(chunk, &mut rng, device)?;
         let (loss, logits) = mlm_loss(model, &batch, None)?;
@@ -565,6 +605,8 @@ fn evaluate(
             .sum_all()?
             .to_scalar::<u32>()? as usize;
         total += count;
+        baseline +=
+            batch.labels.to_vec1::<u32>()?.iter().filter(|label| **label == most_frequent).count();
     }
     if total == 0 {
         return Ok(None);
@@ -576,7 +618,19 @@ fn evaluate(
         accuracy: correct as f64 / total as f64,
         perplexity: loss.exp(),
         masked_tokens: total,
+        baseline_accuracy: baseline as f64 / total as f64,
     }))
+}
+
+/// The most frequent token of the training sequences that the cloze task can choose.
+fn most_frequent_token(sequences: &[Vec<u32>], masker: &Masker) -> u32 {
+    let mut counts = vec![0u64; masker.vocab_size as usize];
+    for id in sequences.iter().flatten() {
+        if !masker.special.get(*id as usize).copied().unwrap_or(true) {
+            counts[*id as usize] += 1;
+        }
+    }
+    counts.iter().enumerate().max_by_key(|(_, count)| **count).map_or(0, |(id, _)| id as u32)
 }
 
 fn checkpoint_dir(out: &Path, step: u64) -> PathBuf {

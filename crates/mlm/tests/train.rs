@@ -137,3 +137,41 @@ fn bad_runs_are_refused_with_a_reason() {
     let error = train(&bad, &mut |_| {}).unwrap_err().to_string();
     assert!(error.contains("max_len"), "{error}");
 }
+
+/// Domain-adaptive pre-training: all-MiniLM-L6-v2 (a BertModel, no MLM head, a tokenizer that
+/// pads to 128) continues with the cloze task, and its settings travel with it.
+#[test]
+fn training_continues_from_a_hugging_face_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    let mut config = test_config();
+    (
+        config.training.max_steps,
+        config.training.batch_size,
+        config.training.gradient_accumulation,
+    ) = (2, 2, 1);
+    let out = dir.path().join("adapted");
+    let mut adapted = options(&config, &corpus, &out);
+    adapted.init = Some(cloze_tests::minilm_dir());
+    let mut sequences = 0;
+    train(&adapted, &mut |e| {
+        if let Event::Ready { train_sequences, .. } = e {
+            sequences = *train_sequences
+        }
+    })
+    .unwrap();
+    // Blocks of 32 tokens from the whole text, not one padded sequence per line.
+    assert!(sequences < 100, "{sequences} sequences: the text was padded line by line");
+    let model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        (model["hidden_size"].as_u64(), model["num_hidden_layers"].as_u64()),
+        (Some(384), Some(6))
+    );
+    assert!(
+        out.join("sentence_bert_config.json").is_file()
+            && out.join("1_Pooling/config.json").is_file()
+    );
+    let embedder = cloze_mlm::Embedder::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(embedder.max_len(), 256);
+}

@@ -3,9 +3,10 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use cloze_corpus::{DocumentReader, FieldMapping};
+use cloze_corpus::DocumentReader;
 use cloze_index::{AnalyzerSettings, DataDir};
 
+use crate::commands::fields::DocumentFields;
 use crate::progress;
 
 /// Add the documents of a JSONL file to a collection, creating the collection if it is new.
@@ -24,17 +25,8 @@ pub struct IndexArgs {
     #[arg(long, value_name = "FILE")]
     corpus: PathBuf,
 
-    /// The field that holds each document's id.
-    #[arg(long, default_value = "_id", value_name = "FIELD")]
-    id_field: String,
-
-    /// The fields whose text is searched, comma-separated. Other fields are kept as metadata.
-    #[arg(long, value_delimiter = ',', default_value = "title,text", value_name = "FIELDS")]
-    text_fields: Vec<String>,
-
-    /// Which of the text fields is shown as the title [default: title, if it is a text field].
-    #[arg(long, value_name = "FIELD")]
-    title_field: Option<String>,
+    #[command(flatten)]
+    fields: DocumentFields,
 
     /// For a new collection, how text becomes terms: a preset (english, standard) or a TOML
     /// file like those in configs/analyzers/ [default: english].
@@ -43,7 +35,7 @@ pub struct IndexArgs {
 }
 
 pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
-    let mapping = field_mapping(&args)?;
+    let mapping = args.fields.mapping()?;
     let analyzer = args.analyzer.as_deref().map(AnalyzerSettings::from_name_or_file).transpose()?;
     // Open the corpus first: an unreadable file should not leave a new, empty collection behind.
     let documents = DocumentReader::open(&args.corpus, mapping)?;
@@ -93,25 +85,4 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
         summary.document_count
     );
     Ok(())
-}
-
-fn field_mapping(args: &IndexArgs) -> Result<FieldMapping> {
-    if args.text_fields.iter().any(|field| field.is_empty()) {
-        bail!("--text-fields: empty field name in \"{}\"", args.text_fields.join(","));
-    }
-    let title_field = match &args.title_field {
-        Some(field) if !args.text_fields.contains(field) => {
-            bail!(
-                "--title-field {field}: not one of --text-fields ({})",
-                args.text_fields.join(",")
-            )
-        }
-        Some(field) => Some(field.clone()),
-        None => args.text_fields.iter().find(|field| *field == "title").cloned(),
-    };
-    Ok(FieldMapping {
-        id_field: args.id_field.clone(),
-        text_fields: args.text_fields.clone(),
-        title_field,
-    })
 }
