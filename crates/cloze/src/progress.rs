@@ -19,3 +19,13 @@ pub fn bar(total: u64, what: &str) -> ProgressBar {
     .expect("valid template");
     ProgressBar::new(total).with_style(style)
 }
+
+/// Prints a line above `bar`, or plainly when the bar is hidden (not a terminal), where
+/// indicatif's own `println` would drop it.
+pub fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}

@@ -26,8 +26,8 @@ pub use tokenizer::{
 };
 pub use tokenizers::Tokenizer;
 pub use train::{
-    learning_rate, train, Evaluation, Event, ModelShape, Schedule, TokenizerSettings, TrainConfig,
-    TrainError, TrainOptions, TrainingSettings,
+    epoch_order, learning_rate, train, Evaluation, Event, ModelShape, Schedule, TokenizerSettings,
+    TrainConfig, TrainError, TrainOptions, TrainingSettings,
 };
 
 use candle_core::{Result, Tensor};

@@ -8,6 +8,9 @@
 use candle_core::{Device, Result, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use tokenizers::Tokenizer;
+
+use crate::tokenizer::{continuation_ids, SpecialIds, TokenizerError};
 
 /// What the masker needs to know about the vocabulary.
 #[derive(Debug, Clone)]
@@ -49,6 +52,29 @@ pub struct MaskedSequence {
 }
 
 impl Masker {
+    /// A masker for `tokenizer`'s vocabulary: its special tokens are never chosen, and with
+    /// whole-word masking its `##` pieces follow their word.
+    pub fn for_tokenizer(
+        tokenizer: &Tokenizer,
+        rate: f64,
+        whole_word: bool,
+    ) -> std::result::Result<Masker, TokenizerError> {
+        let ids = SpecialIds::of(tokenizer)?;
+        let vocab_size = tokenizer.get_vocab_size(true);
+        let mut special = vec![false; vocab_size];
+        for id in [ids.pad, ids.unk, ids.cls, ids.sep, ids.mask] {
+            special[id as usize] = true;
+        }
+        Ok(Masker {
+            rate,
+            mask_id: ids.mask,
+            pad_id: ids.pad,
+            vocab_size: vocab_size as u32,
+            special,
+            continuation: whole_word.then(|| continuation_ids(tokenizer)),
+        })
+    }
+
     fn is_special(&self, id: u32) -> bool {
         self.special.get(id as usize).copied().unwrap_or(false)
     }

@@ -309,18 +309,9 @@ pub fn train(
         return Err(TrainError::Invalid("the training text has no tokens".to_string()));
     }
 
-    let vocab_size = tokenizer.get_vocab_size(true);
-    let mut init_rng = ChaCha8Rng::seed_from_u64(settings.seed);
     let latest = if options.resume { latest_checkpoint(out)? } else { None };
-    let model = match (&latest, &options.init) {
-        (Some((_, dir)), _) => checkpoint::load(dir, &mut init_rng, device)?,
-        (None, Some(init)) => checkpoint::load(init, &mut init_rng, device)?,
-        (None, None) => BertForMaskedLm::new(
-            &config.bert_config(vocab_size, special.pad as usize),
-            &mut init_rng,
-            device,
-        )?,
-    };
+    let model = build_model(options, &config, &tokenizer, latest.as_deref())?;
+    let vocab_size = tokenizer.get_vocab_size(true);
     if model.config().vocab_size < vocab_size {
         return Err(TrainError::Invalid(format!(
             "the tokenizer has {vocab_size} tokens but the model only {}",
@@ -338,31 +329,19 @@ pub fn train(
         model.parameters(),
         AdamWSettings { weight_decay: settings.weight_decay, ..AdamWSettings::default() },
     )?;
-    let mut state = TrainerState {
-        step: 0,
-        epoch: 0,
-        position: 0,
-        rng: ChaCha8Rng::seed_from_u64(settings.seed ^ 0x5eed),
+    let mut state = match &latest {
+        Some(dir) => restore(dir, &mut optimizer, device)?,
+        None => TrainerState {
+            step: 0,
+            epoch: 0,
+            position: 0,
+            rng: ChaCha8Rng::seed_from_u64(settings.seed ^ 0x5eed),
+        },
     };
-    if let Some((_, dir)) = &latest {
-        let optimizer_path = dir.join(OPTIMIZER_FILE);
-        let moments = candle_core::safetensors::load(&optimizer_path, device)?;
-        optimizer.load_state(&moments)?;
-        let state_path = dir.join(STATE_FILE);
-        let text = std::fs::read_to_string(&state_path).map_err(io_error(&state_path))?;
-        state = serde_json::from_str(&text)
-            .map_err(|e| TrainError::Config { path: state_path.clone(), message: e.to_string() })?;
-    }
     let mut metrics = open_metrics(out, state.step)?;
 
-    let masker = Masker {
-        rate: settings.mask_rate,
-        mask_id: special.mask,
-        pad_id: special.pad,
-        vocab_size: vocab_size as u32,
-        special: special_flags(&tokenizer, special),
-        continuation: settings.whole_word_masking.then(|| tokenizer::continuation_ids(&tokenizer)),
-    };
+    let masker =
+        Masker::for_tokenizer(&tokenizer, settings.mask_rate, settings.whole_word_masking)?;
     on_event(&Event::Ready {
         train_sequences: train.len(),
         valid_sequences: valid.len(),
@@ -380,16 +359,7 @@ pub fn train(
         let mut loss_sum = 0.0;
         let mut tokens = 0;
         for _ in 0..settings.gradient_accumulation {
-            let mut sequences = Vec::with_capacity(settings.batch_size);
-            while sequences.len() < settings.batch_size {
-                if state.position == order.len() {
-                    state.epoch += 1;
-                    state.position = 0;
-                    order = epoch_order(train.len(), settings.seed, state.epoch);
-                }
-                sequences.push(train[order[state.position]].clone());
-                state.position += 1;
-            }
+            let sequences = next_sequences(&train, &mut order, &mut state, settings);
             let batch = masker.mask_batch(&sequences, &mut state.rng, device)?;
             tokens += batch.tokens;
             let (loss, _) = mlm_loss(&model, &batch, Some(&mut state.rng))?;
@@ -463,6 +433,55 @@ pub fn train(
         None => evaluate(&model, &masker, &valid, settings, state.step, most_frequent, device)?
             .ok_or_else(|| TrainError::Invalid("no held-out text to evaluate on".to_string())),
     }
+}
+
+/// The model to train: the checkpoint being resumed, the one to start from, or a new one.
+fn build_model(
+    options: &TrainOptions,
+    config: &TrainConfig,
+    tokenizer: &Tokenizer,
+    resumed: Option<&Path>,
+) -> Result<BertForMaskedLm, TrainError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(config.training.seed);
+    let device = &options.device;
+    Ok(match (resumed, &options.init) {
+        (Some(dir), _) => checkpoint::load(dir, &mut rng, device)?,
+        (None, Some(init)) => checkpoint::load(init, &mut rng, device)?,
+        (None, None) => {
+            let pad = SpecialIds::of(tokenizer)?.pad as usize;
+            let bert = config.bert_config(tokenizer.get_vocab_size(true), pad);
+            BertForMaskedLm::new(&bert, &mut rng, device)?
+        }
+    })
+}
+
+/// Reloads the optimizer moments and the trainer state of a checkpoint.
+fn restore(dir: &Path, optimizer: &mut AdamW, device: &Device) -> Result<TrainerState, TrainError> {
+    let moments = candle_core::safetensors::load(dir.join(OPTIMIZER_FILE), device)?;
+    optimizer.load_state(&moments)?;
+    let path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io_error(&path))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::Config { path, message: e.to_string() })
+}
+
+/// The next `batch_size` training sequences, starting a new epoch (and order) when one ends.
+fn next_sequences(
+    train: &[Vec<u32>],
+    order: &mut Vec<usize>,
+    state: &mut TrainerState,
+    settings: &TrainingSettings,
+) -> Vec<Vec<u32>> {
+    let mut sequences = Vec::with_capacity(settings.batch_size);
+    while sequences.len() < settings.batch_size {
+        if state.position == order.len() {
+            state.epoch += 1;
+            state.position = 0;
+            *order = epoch_order(train.len(), settings.seed, state.epoch);
+        }
+        sequences.push(train[order[state.position]].clone());
+        state.position += 1;
+    }
+    sequences
 }
 
 /// Creates or checks the output folder and returns the run's settings.
@@ -563,21 +582,14 @@ fn split_validation(
     Ok((train.into_iter().map(|(t, _)| t).collect(), valid.into_iter().map(|(t, _)| t).collect()))
 }
 
-/// The order of the training sequences in one epoch: a fresh seeded shuffle each epoch.
-fn epoch_order(count: usize, seed: u64, epoch: u64) -> Vec<usize> {
+/// The order in which training visits its sequences in `epoch`: a fresh seeded shuffle each
+/// epoch. Public so a reference implementation can be fed the very same batches.
+pub fn epoch_order(count: usize, seed: u64, epoch: u64) -> Vec<usize> {
     let mut order: Vec<usize> = (0..count).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(
         seed.wrapping_add(epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
     ));
     order
-}
-
-fn special_flags(tokenizer: &Tokenizer, special: SpecialIds) -> Vec<bool> {
-    let mut flags = vec![false; tokenizer.get_vocab_size(true)];
-    for id in [special.pad, special.unk, special.cls, special.sep, special.mask] {
-        flags[id as usize] = true;
-    }
-    flags
 }
 
 /// Masked-token loss and accuracy on the held-out sequences, with the same masks every time
@@ -638,7 +650,7 @@ fn checkpoint_dir(out: &Path, step: u64) -> PathBuf {
 }
 
 /// The newest checkpoint in `out`, by step.
-fn latest_checkpoint(out: &Path) -> Result<Option<(u64, PathBuf)>, TrainError> {
+fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>, TrainError> {
     let dir = out.join(CHECKPOINTS_DIR);
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -656,7 +668,7 @@ fn latest_checkpoint(out: &Path) -> Result<Option<(u64, PathBuf)>, TrainError> {
         .filter_map(|entry| entry.file_name().to_str()?.strip_prefix("step-")?.parse().ok())
         .collect();
     steps.sort_unstable();
-    Ok(steps.last().map(|step| (*step, checkpoint_dir(out, *step))))
+    Ok(steps.last().map(|step| checkpoint_dir(out, *step)))
 }
 
 /// Writes a checkpoint whole into a temporary folder, then renames it into place, so a crash

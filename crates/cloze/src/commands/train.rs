@@ -6,6 +6,8 @@ use clap::Args;
 use cloze_mlm::{train, Event, TrainConfig, TrainOptions};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::progress;
+
 /// Train an encoder on your own text with the cloze task (masked language modelling).
 ///
 /// Trains a WordPiece tokenizer and a BERT encoder from scratch (or continues from a Hugging
@@ -99,7 +101,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let evaluation = train(&options, &mut |event| match event {
         Event::Ready { train_sequences, valid_sequences, parameters, start_step } => {
             bar.set_position(*start_step);
-            bar.println(format!(
+            progress::say(
+                &bar,
+                format!(
                 "training {parameters} parameters on {train_sequences} sequences ({valid_sequences} held out), from step {start_step}"
             ));
         }
@@ -111,7 +115,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             bar.set_position(*step);
             bar.set_message(format!("loss {loss:.3}  lr {learning_rate:.2e}  {smoothed:.0} tokens/s"));
         }
-        Event::Evaluation(e) => bar.println(format!(
+        Event::Evaluation(e) => progress::say(
+            &bar,
+            format!(
             "step {}: held-out masked-token accuracy {:.4} (most frequent token: {:.4}), perplexity {:.2} \
              ({} masked tokens)",
             e.step, e.accuracy, e.baseline_accuracy, e.perplexity, e.masked_tokens
