@@ -740,3 +740,47 @@ fn write_metric(
 ) -> Result<(), TrainError> {
     writeln!(file, "{record}").map_err(io_error(&out.join(METRICS_FILE)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(schedule: Schedule) -> TrainingSettings {
+        let mut config: TrainConfig =
+            toml::from_str(include_str!("../../../configs/tiny.toml")).unwrap();
+        (config.training.max_steps, config.training.warmup_steps, config.training.schedule) =
+            (110, 10, schedule);
+        config.training.learning_rate = 1.0;
+        config.training
+    }
+
+    #[test]
+    fn warmup_then_linear_or_cosine_decay_to_zero() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        for schedule in [Schedule::Linear, Schedule::Cosine] {
+            let s = settings(schedule);
+            assert!(close(learning_rate(&s, 0), 0.1) && close(learning_rate(&s, 9), 1.0), "warmup");
+            assert!(close(learning_rate(&s, 10), 1.0), "peak after warmup");
+            assert!(
+                close(learning_rate(&s, 110), 0.0) && close(learning_rate(&s, 500), 0.0),
+                "zero at the end"
+            );
+        }
+        assert!(close(learning_rate(&settings(Schedule::Linear), 60), 0.5));
+        assert!(close(learning_rate(&settings(Schedule::Cosine), 60), 0.5));
+        assert!(close(
+            learning_rate(&settings(Schedule::Cosine), 35),
+            0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos())
+        ));
+    }
+
+    #[test]
+    fn every_epoch_visits_every_sequence_once_in_a_new_order() {
+        let (first, second) = (epoch_order(100, 7, 0), epoch_order(100, 7, 1));
+        let mut sorted = first.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..100).collect::<Vec<_>>());
+        assert_ne!(first, second);
+        assert_eq!(first, epoch_order(100, 7, 0));
+    }
+}
