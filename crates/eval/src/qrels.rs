@@ -79,11 +79,6 @@ impl Qrels {
     pub fn judgments(&self, query: &str) -> Option<&HashMap<String, i64>> {
         self.judgments.get(query)
     }
-
-    /// Keeps only the judgments of the queries that `keep` accepts.
-    pub fn retain_queries(&mut self, mut keep: impl FnMut(&str) -> bool) {
-        self.judgments.retain(|query, _| keep(query));
-    }
 }
 
 #[cfg(test)]

@@ -48,10 +48,6 @@ impl Parameters {
     pub(crate) fn from_vars(vars: Vec<(String, Var)>) -> Parameters {
         Parameters { vars }
     }
-
-    pub fn get(&self, name: &str) -> Option<&Var> {
-        self.vars.iter().find(|(n, _)| n == name).map(|(_, var)| var)
-    }
 }
 
 /// Creates each parameter, from a checkpoint's tensors when it has them and from the seeded
