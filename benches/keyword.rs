@@ -36,7 +36,7 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let started = Instant::now();
         let mut collection =
-            DataDir::new(dir.path()).create("scifact", AnalyzerSettings::default()).unwrap();
+            DataDir::new(dir.path()).create("scifact", AnalyzerSettings::default(), None).unwrap();
         let reader = DocumentReader::open(corpus, FieldMapping::default()).unwrap();
         documents = collection.ingest(reader, || {}).unwrap().ingested;
         rates.push(documents as f64 / started.elapsed().as_secs_f64());
@@ -45,7 +45,7 @@ fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut collection =
-        DataDir::new(dir.path()).create("scifact", AnalyzerSettings::default()).unwrap();
+        DataDir::new(dir.path()).create("scifact", AnalyzerSettings::default(), None).unwrap();
     collection
         .ingest(DocumentReader::open(corpus, FieldMapping::default()).unwrap(), || {})
         .unwrap();

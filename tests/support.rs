@@ -2,8 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
+use candle_core::Device;
 use cloze_corpus::{DocumentReader, FieldMapping};
 use cloze_index::{AnalyzerSettings, Collection, DataDir};
+use cloze_mlm::{BertConfig, BertForMaskedLm};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 
 /// The shared test data: `$CLOZE_TEST_DATA`, or `../shared/data` beside the repository.
 /// Panics with what is missing, so a test without its data fails loudly rather than passing.
@@ -41,7 +45,7 @@ pub fn beir_collection(name: &'static str) -> BeirCollection {
 
 /// Indexes a shared collection with the default (English) analyzer into `data_dir`.
 pub fn index_beir(data_dir: &DataDir, collection: &BeirCollection) -> Collection {
-    let mut index = data_dir.create(collection.name, AnalyzerSettings::default()).unwrap();
+    let mut index = data_dir.create(collection.name, AnalyzerSettings::default(), None).unwrap();
     let documents = DocumentReader::open(&collection.corpus, FieldMapping::default()).unwrap();
     index.ingest(documents, || {}).unwrap();
     index
@@ -67,4 +71,25 @@ pub fn minilm_dir() -> PathBuf {
         String::from_utf8_lossy(&output.stderr)
     );
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim()).join("model")
+}
+
+/// Writes a small, untrained BERT model folder (32 dimensions, a WordPiece vocabulary learnt
+/// from `texts`, at most `max_len` tokens per text) to `dir`. Untrained vectors still tell
+/// texts apart, which is all the plumbing tests need; `seed` picks the weights.
+pub fn small_model(dir: &Path, texts: &[&str], max_len: usize, seed: u64) -> PathBuf {
+    let tokenizer = cloze_mlm::train_wordpiece(texts.iter().copied(), 300, true, false).unwrap();
+    let config: BertConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": tokenizer.get_vocab_size(true),
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": max_len,
+    }))
+    .unwrap();
+    let model =
+        BertForMaskedLm::new(&config, &mut ChaCha8Rng::seed_from_u64(seed), &Device::Cpu).unwrap();
+    cloze_mlm::save(&model, dir).unwrap();
+    cloze_mlm::save_tokenizer(&tokenizer, dir).unwrap();
+    dir.to_path_buf()
 }

@@ -9,13 +9,14 @@ use std::process::ExitCode;
 use clap::{ArgAction, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-/// Cloze: a self-hosted search engine. Put documents in a collection, search them by keywords,
-/// measure the ranking against relevance judgments, and train an encoder on your own text.
+/// Cloze: a self-hosted search engine. Put documents in a collection, search them by keywords
+/// or by meaning, measure the ranking against relevance judgments, and train an encoder on your
+/// own text.
 ///
-/// Start with `cloze index --collection NAME --corpus corpus.jsonl`, then `cloze search` and
-/// `cloze eval`; `cloze train --config configs/tiny.toml --corpus FILE --out DIR` trains an
-/// encoder and `cloze embed` turns documents into vectors with it. Every command's `--help`
-/// says more.
+/// Start with `cloze index --collection NAME --corpus corpus.jsonl` (add `--model DIR` for
+/// semantic search), then `cloze search` and `cloze eval`; `cloze train --config
+/// configs/tiny.toml --corpus FILE --out DIR` trains an encoder and `cloze embed` turns
+/// documents into vectors with it. Every command's `--help` says more.
 #[derive(Debug, Parser)]
 #[command(name = "cloze", version, propagate_version = true, max_term_width = 100)]
 struct Cli {
@@ -42,6 +43,8 @@ enum Command {
     Index(commands::index::IndexArgs),
     Search(commands::search::SearchArgs),
     Eval(commands::eval::EvalArgs),
+    Delete(commands::delete::DeleteArgs),
+    Compact(commands::compact::CompactArgs),
     Collections(commands::collections::CollectionsArgs),
     Train(commands::train::TrainArgs),
     Embed(commands::embed::EmbedArgs),
@@ -65,6 +68,8 @@ fn main() -> ExitCode {
         Command::Index(args) => commands::index::run(&data_dir, args),
         Command::Search(args) => commands::search::run(&data_dir, args),
         Command::Eval(args) => commands::eval::run(&data_dir, args),
+        Command::Delete(args) => commands::delete::run(&data_dir, args),
+        Command::Compact(args) => commands::compact::run(&data_dir, args),
         Command::Collections(args) => commands::collections::run(&data_dir, args),
         Command::Train(args) => commands::train::run(args),
         Command::Embed(args) => commands::embed::run(args),

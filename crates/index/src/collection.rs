@@ -1,14 +1,23 @@
-//! Collections: a named folder holding a manifest and a tantivy index of the same documents.
+//! Collections: a named folder holding a manifest, a tantivy index and, with a model, the
+//! vectors of the same documents.
 //!
 //! ```text
-//! <data-dir>/<name>/manifest.json   format version, analyzer, document count
+//! <data-dir>/<name>/manifest.json   format version, analyzer, model and HNSW settings
 //! <data-dir>/<name>/tantivy/        the keyword index, with every document's fields stored
+//! <data-dir>/<name>/vectors/        generations of the vector index (see the vectors module)
 //! ```
+//!
+//! Every change ends in one tantivy commit whose payload names the vector generation written
+//! just before it: the commit is the single moment at which both indexes change.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use cloze_corpus::Document;
+use serde::{Deserialize, Serialize};
 use serde_json::Map;
+use tantivy::collector::{Count, DocSetCollector};
+use tantivy::query::{AllQuery, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, JsonObjectOptions, OwnedValue, Schema, TextFieldIndexing,
     TextOptions, Value, FAST, STORED, STRING,
@@ -19,14 +28,20 @@ use tantivy::{
 };
 
 use crate::analyzer::AnalyzerSettings;
+use crate::encoder::Encoder;
 use crate::error::IndexError;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, SemanticSettings};
+use crate::vectors::{self, Neighbour, VectorIndex, VECTORS_DIR};
 
 const TANTIVY_DIR: &str = "tantivy";
 /// The name the collection's analyzer is registered under in tantivy.
 const ANALYZER_NAME: &str = "cloze";
 /// Indexing memory; tantivy flushes a segment to disk when it is reached.
 const WRITER_MEMORY: usize = 128 << 20;
+/// Documents embedded together: sorted by length within a chunk, so batches pad little.
+const EMBED_CHUNK: usize = 512;
+/// A write that leaves more than this share of vector slots as tombstones compacts the graph.
+pub const COMPACT_THRESHOLD: f64 = 0.25;
 
 /// The folder that holds every collection (`index/` by default).
 #[derive(Debug, Clone)]
@@ -71,7 +86,12 @@ impl DataDir {
 
     /// Creates an empty collection. It appears whole or not at all: it is built in a hidden
     /// folder and renamed into place.
-    pub fn create(&self, name: &str, analyzer: AnalyzerSettings) -> Result<Collection, IndexError> {
+    pub fn create(
+        &self,
+        name: &str,
+        analyzer: AnalyzerSettings,
+        semantic: Option<SemanticSettings>,
+    ) -> Result<Collection, IndexError> {
         let dir = self.collection_dir(name)?;
         if dir.exists() {
             return Err(IndexError::CollectionExists(name.to_string()));
@@ -80,6 +100,12 @@ impl DataDir {
             origin: format!("the settings of \"{name}\""),
             message,
         })?;
+        if let Some(semantic) = &semantic {
+            semantic.hnsw.validate().map_err(|message| IndexError::InvalidAnalyzer {
+                origin: format!("the HNSW settings of \"{name}\""),
+                message,
+            })?;
+        }
         let building = self.root.join(format!(".{name}.creating-{}", std::process::id()));
         let io_error = |path: &Path| {
             let path = path.to_path_buf();
@@ -88,7 +114,7 @@ impl DataDir {
         std::fs::create_dir_all(building.join(TANTIVY_DIR)).map_err(io_error(&building))?;
         let built = Index::create_in_dir(building.join(TANTIVY_DIR), schema())
             .map_err(|source| IndexError::Tantivy { path: building.clone(), source })
-            .and_then(|_| Manifest::new(analyzer).save(&building));
+            .and_then(|_| Manifest::new(analyzer, semantic).save(&building));
         if let Err(error) = built {
             let _ = std::fs::remove_dir_all(&building);
             return Err(error);
@@ -125,6 +151,22 @@ impl DataDir {
 
 /// Collection names become folder names: keep them to a portable set that cannot climb out of
 /// the data folder or hide (`..`, `a/b`, `.x`).
+/// The vector generation that the index's last commit names (0 before any).
+fn committed_generation(index: &Index, dir: &Path) -> Result<u64, IndexError> {
+    let metas = index
+        .load_metas()
+        .map_err(|source| IndexError::Tantivy { path: dir.join(TANTIVY_DIR), source })?;
+    match metas.payload {
+        None => Ok(0),
+        Some(payload) => serde_json::from_str::<CommitPayload>(&payload)
+            .map(|payload| payload.vector_generation)
+            .map_err(|e| IndexError::CorruptVectors {
+                path: dir.join(TANTIVY_DIR),
+                message: format!("the commit payload {payload:?}: {e}"),
+            }),
+    }
+}
+
 fn validate_name(name: &str) -> Result<(), IndexError> {
     let valid = (1..=128).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
@@ -187,6 +229,18 @@ pub struct Collection {
     index: Index,
     reader: IndexReader,
     fields: Fields,
+    /// The vector generation named by the last tantivy commit.
+    generation: u64,
+    /// Present when the collection has a model.
+    vectors: Option<VectorIndex>,
+    /// Loaded when first needed: keyword searches never pay for it.
+    encoder: OnceLock<Encoder>,
+}
+
+/// What a tantivy commit carries: the vector generation that matches its documents.
+#[derive(Debug, Serialize, Deserialize)]
+struct CommitPayload {
+    vector_generation: u64,
 }
 
 /// What an ingest did.
@@ -196,6 +250,17 @@ pub struct IngestSummary {
     pub ingested: u64,
     /// Live documents in the collection afterwards.
     pub document_count: u64,
+    /// Live vectors afterwards (more than documents when long documents have windows).
+    pub vector_count: u64,
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactSummary {
+    /// Tombstoned vectors dropped from the graph.
+    pub removed: u64,
+    /// Live vectors, now in a fresh graph.
+    pub vector_count: u64,
 }
 
 impl Collection {
@@ -210,7 +275,27 @@ impl Collection {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
             .map_err(tantivy_error)?;
-        Ok(Collection { name: name.to_string(), dir, manifest, index, reader, fields })
+        let generation = committed_generation(&index, &dir)?;
+        let vectors = match &manifest.semantic {
+            Some(semantic) => Some(VectorIndex::load(
+                &dir.join(VECTORS_DIR),
+                generation,
+                semantic.model.dimension,
+                semantic.hnsw,
+            )?),
+            None => None,
+        };
+        Ok(Collection {
+            name: name.to_string(),
+            dir,
+            manifest,
+            index,
+            reader,
+            fields,
+            generation,
+            vectors,
+            encoder: OnceLock::new(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -247,10 +332,44 @@ impl Collection {
         IndexError::Tantivy { path: self.dir.join(TANTIVY_DIR), source }
     }
 
+    /// The collection's model, loaded from the folder the manifest names, and refused if its
+    /// weights are not the ones the collection was indexed with.
+    pub fn encoder(&self) -> Result<&Encoder, IndexError> {
+        if let Some(encoder) = self.encoder.get() {
+            return Ok(encoder);
+        }
+        let semantic = self.semantic()?;
+        let encoder = Encoder::load(&semantic.model.path)?;
+        self.use_encoder(encoder)?;
+        Ok(self.encoder.get().expect("just set"))
+    }
+
+    /// Uses an encoder loaded by the caller (from wherever the model folder now is), after
+    /// checking that it is the collection's model.
+    pub fn use_encoder(&self, encoder: Encoder) -> Result<(), IndexError> {
+        let expected = &self.semantic()?.model;
+        if encoder.record().weights_sha256 != expected.weights_sha256 {
+            return Err(IndexError::ModelMismatch {
+                collection: self.name.clone(),
+                expected: expected.path.clone(),
+                expected_sha256: expected.weights_sha256.clone(),
+                found: encoder.record().path.clone(),
+                found_sha256: encoder.record().weights_sha256.clone(),
+            });
+        }
+        // Another thread may have loaded the same model meanwhile: either copy will do.
+        let _ = self.encoder.set(encoder);
+        Ok(())
+    }
+
+    fn semantic(&self) -> Result<&SemanticSettings, IndexError> {
+        self.manifest.semantic.as_ref().ok_or_else(|| IndexError::NoModel(self.name.clone()))
+    }
+
     /// Adds documents, replacing any stored document with the same id, and commits them all
-    /// at once. If any item is an error, or writing fails, nothing is committed and the error
-    /// is returned: the collection stays exactly as it was. `on_document` is called after each
-    /// document is queued, for progress reporting.
+    /// at once, in the keyword index and (with a model) as vectors. If any item is an error,
+    /// or writing fails, nothing is committed and the error is returned: the collection stays
+    /// exactly as it was. `on_document` is called after each document is written, for progress.
     pub fn ingest<I, E>(
         &mut self,
         documents: I,
@@ -260,37 +379,263 @@ impl Collection {
         I: IntoIterator<Item = Result<Document, E>>,
         IndexError: From<E>,
     {
-        // One indexing thread keeps documents in the order they came, so equal scores rank the
-        // same way on every build of the collection and relevance figures are reproducible.
-        let mut writer: IndexWriter = self
-            .index
-            .writer_with_num_threads(1, WRITER_MEMORY)
-            .map_err(|e| self.tantivy_error(e))?;
+        if self.vectors.is_some() {
+            self.encoder()?;
+        }
+        let mut writer = self.writer()?;
         let mut ingested = 0;
-        let queued = documents.into_iter().try_for_each(|document| {
+        let queued = self.queue(&mut writer, documents, &mut ingested, &mut on_document);
+        self.finish(writer, queued)?;
+        Ok(IngestSummary {
+            ingested,
+            document_count: self.manifest.document_count,
+            vector_count: self.vector_count(),
+        })
+    }
+
+    /// Writes documents to the tantivy writer and their vectors to the vector index, neither
+    /// committed yet.
+    fn queue<I, E>(
+        &mut self,
+        writer: &mut IndexWriter,
+        documents: I,
+        ingested: &mut u64,
+        on_document: &mut impl FnMut(),
+    ) -> Result<(), IndexError>
+    where
+        I: IntoIterator<Item = Result<Document, E>>,
+        IndexError: From<E>,
+    {
+        // Documents waiting to be embedded, with their text.
+        let mut pending: Vec<(String, String)> = Vec::new();
+        for document in documents {
             let document = document?;
             writer.delete_term(Term::from_field_text(self.fields.id, &document.id));
             writer
                 .add_document(self.tantivy_document(&document))
                 .map_err(|e| self.tantivy_error(e))?;
-            ingested += 1;
-            on_document();
-            Ok::<(), IndexError>(())
-        });
-        if let Err(error) =
-            queued.and_then(|()| writer.commit().map(drop).map_err(|e| self.tantivy_error(e)))
-        {
-            // Nothing was committed; drop the segment files written so far as well.
+            *ingested += 1;
+            if self.vectors.is_some() {
+                let text = document.searchable_text();
+                pending.push((document.id, text));
+                if pending.len() == EMBED_CHUNK {
+                    self.embed(&mut pending, on_document)?;
+                }
+            } else {
+                on_document();
+            }
+        }
+        self.embed(&mut pending, on_document)
+    }
+
+    /// Embeds the pending documents into the vector index, emptying `pending`.
+    fn embed(
+        &mut self,
+        pending: &mut Vec<(String, String)>,
+        on_document: &mut impl FnMut(),
+    ) -> Result<(), IndexError> {
+        let (Some(vectors), Some(semantic)) = (self.vectors.as_mut(), &self.manifest.semantic)
+        else {
+            return Ok(());
+        };
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let encoder = self.encoder.get().expect("the encoder is loaded before an ingest");
+        let texts: Vec<&str> = pending.iter().map(|(_, text)| text.as_str()).collect();
+        let embedded = match semantic.window_overlap {
+            Some(overlap) => encoder.encode_windows(&texts, overlap)?,
+            None => encoder.encode(&texts)?.into_iter().map(|vector| vec![vector]).collect(),
+        };
+        let count = pending.len();
+        vectors.insert(pending.drain(..).map(|(id, _)| id).zip(embedded).collect());
+        (0..count).for_each(|_| on_document());
+        Ok(())
+    }
+
+    /// Removes documents from both indexes, all or none: if an id is not in the collection,
+    /// nothing is removed and the error lists the missing ids. Returns how many were removed.
+    pub fn delete<S: AsRef<str>>(&mut self, ids: &[S]) -> Result<u64, IndexError> {
+        let searcher = self.searcher();
+        let mut missing = Vec::new();
+        for id in ids {
+            let query = TermQuery::new(
+                Term::from_field_text(self.fields.id, id.as_ref()),
+                tantivy::schema::IndexRecordOption::Basic,
+            );
+            if searcher.search(&query, &Count).map_err(|e| self.tantivy_error(e))? == 0 {
+                missing.push(id.as_ref().to_string());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(IndexError::UnknownDocuments {
+                collection: self.name.clone(),
+                ids: missing,
+            });
+        }
+        let writer = self.writer()?;
+        for id in ids {
+            writer.delete_term(Term::from_field_text(self.fields.id, id.as_ref()));
+            if let Some(vectors) = self.vectors.as_mut() {
+                vectors.remove(id.as_ref());
+            }
+        }
+        self.finish(writer, Ok(()))?;
+        let mut unique: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
+        unique.sort_unstable();
+        unique.dedup();
+        Ok(unique.len() as u64)
+    }
+
+    /// Rebuilds the HNSW graph from the live vectors only, dropping the tombstones that
+    /// replaced and deleted documents left. Writes also do this by themselves once tombstones
+    /// pass [`COMPACT_THRESHOLD`].
+    pub fn compact(&mut self) -> Result<CompactSummary, IndexError> {
+        let Some(vectors) = &self.vectors else {
+            return Err(IndexError::NoModel(self.name.clone()));
+        };
+        let before = vectors.dead_count() as u64;
+        let writer = self.writer()?;
+        self.vectors = Some(vectors.compacted());
+        self.finish(writer, Ok(()))?;
+        Ok(CompactSummary { removed: before, vector_count: self.vector_count() })
+    }
+
+    /// Live vectors.
+    pub fn vector_count(&self) -> u64 {
+        self.vectors.as_ref().map_or(0, |v| v.live_slots() as u64)
+    }
+
+    /// The ids of the documents that have vectors, sorted (for checks and tools).
+    pub fn vector_document_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> =
+            self.vectors.iter().flat_map(|v| v.ids().map(str::to_string)).collect();
+        ids.sort();
+        ids
+    }
+
+    /// The ids of every committed document, sorted.
+    pub fn document_ids(&self) -> Result<Vec<String>, IndexError> {
+        let searcher = self.searcher();
+        let addresses: Vec<DocAddress> = searcher
+            .search(&AllQuery, &DocSetCollector)
+            .map_err(|e| self.tantivy_error(e))?
+            .into_iter()
+            .collect();
+        let mut ids = self.ids(&searcher, &addresses)?;
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// The documents whose vectors are nearest to `query` (a unit vector of the collection's
+    /// dimension), best first, each scored by the cosine similarity of its best vector.
+    /// `ef_search` overrides the collection's setting for this search.
+    pub fn nearest(
+        &self,
+        query: &[f32],
+        limit: usize,
+        ef_search: Option<usize>,
+    ) -> Result<Vec<Neighbour>, IndexError> {
+        let vectors = self.checked_vectors(query)?;
+        let ef = ef_search.unwrap_or(self.semantic()?.hnsw.ef_search).max(1);
+        Ok(vectors.nearest(query, limit, ef))
+    }
+
+    /// What [`Self::nearest`] approximates: the query compared with every vector.
+    pub fn exact_nearest(&self, query: &[f32], limit: usize) -> Result<Vec<Neighbour>, IndexError> {
+        Ok(self.checked_vectors(query)?.exact_nearest(query, limit))
+    }
+
+    fn checked_vectors(&self, query: &[f32]) -> Result<&VectorIndex, IndexError> {
+        let vectors =
+            self.vectors.as_ref().ok_or_else(|| IndexError::NoModel(self.name.clone()))?;
+        if query.len() != vectors.dimension() {
+            return Err(IndexError::DimensionMismatch {
+                collection: self.name.clone(),
+                expected: vectors.dimension(),
+                found: query.len(),
+            });
+        }
+        Ok(vectors)
+    }
+
+    /// The address of the committed document `id`, if there is one.
+    pub fn address(&self, searcher: &Searcher, id: &str) -> Result<Option<DocAddress>, IndexError> {
+        let query = TermQuery::new(
+            Term::from_field_text(self.fields.id, id),
+            tantivy::schema::IndexRecordOption::Basic,
+        );
+        let found = searcher
+            .search(&query, &tantivy::collector::TopDocs::with_limit(1).order_by_score())
+            .map_err(|e| self.tantivy_error(e))?;
+        Ok(found.first().map(|(_, address)| *address))
+    }
+
+    /// A tantivy writer, which also holds the collection's write lock: a second writer, in
+    /// this process or another, is refused. Debris of interrupted writes is cleared first.
+    fn writer(&self) -> Result<IndexWriter, IndexError> {
+        // One indexing thread keeps documents in the order they came, so equal scores rank the
+        // same way on every build of the collection and relevance figures are reproducible.
+        let writer = self
+            .index
+            .writer_with_num_threads(1, WRITER_MEMORY)
+            .map_err(|e| self.tantivy_error(e))?;
+        if self.vectors.is_some() {
+            vectors::remove_other_generations(&self.dir.join(VECTORS_DIR), self.generation)?;
+        }
+        Ok(writer)
+    }
+
+    /// Commits what `writer` and the vector index hold, if `queued` is Ok, as one change:
+    /// the next vector generation is written first, then the tantivy commit names it. On any
+    /// error both are rolled back to the last commit.
+    fn finish(
+        &mut self,
+        mut writer: IndexWriter,
+        queued: Result<(), IndexError>,
+    ) -> Result<(), IndexError> {
+        let generation = self.generation + 1;
+        let vectors_dir = self.dir.join(VECTORS_DIR);
+        let committed = queued
+            .and_then(|()| match &self.vectors {
+                Some(vectors) => vectors.save(&vectors_dir, generation),
+                None => Ok(()),
+            })
+            .and_then(|()| {
+                let mut prepared = writer.prepare_commit().map_err(|e| self.tantivy_error(e))?;
+                let payload = CommitPayload { vector_generation: generation };
+                prepared.set_payload(&serde_json::to_string(&payload).expect("serializes"));
+                prepared.commit().map_err(|e| self.tantivy_error(e))
+            });
+        if let Err(error) = committed {
+            // Nothing was committed; drop the files written so far as well.
             let _ = writer.rollback();
             let _ = writer.garbage_collect_files().wait();
+            if let Some(semantic) = &self.manifest.semantic {
+                let _ = std::fs::remove_dir_all(vectors::generation_dir(&vectors_dir, generation));
+                self.vectors = Some(VectorIndex::load(
+                    &vectors_dir,
+                    self.generation,
+                    semantic.model.dimension,
+                    semantic.hnsw,
+                )?);
+            }
             return Err(error);
+        }
+        self.generation = generation;
+        if self.vectors.is_some() {
+            if let Err(error) = vectors::remove_other_generations(&vectors_dir, generation) {
+                tracing::warn!("leaving an old vector generation behind: {error}");
+            }
         }
         writer.wait_merging_threads().map_err(|e| self.tantivy_error(e))?;
         self.reader.reload().map_err(|e| self.tantivy_error(e))?;
-        let document_count = self.document_count();
-        self.manifest.document_count = document_count;
+        self.manifest.document_count = self.document_count();
         self.manifest.save(&self.dir)?;
-        Ok(IngestSummary { ingested, document_count })
+        if self.vectors.as_ref().is_some_and(|v| v.dead_fraction() > COMPACT_THRESHOLD) {
+            self.compact()?;
+        }
+        Ok(())
     }
 
     fn tantivy_document(&self, document: &Document) -> TantivyDocument {
@@ -430,7 +775,7 @@ mod tests {
     fn ingest_stores_documents_and_replaces_by_id() {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::new(dir.path());
-        let mut collection = data.create("docs", AnalyzerSettings::default()).unwrap();
+        let mut collection = data.create("docs", AnalyzerSettings::default(), None).unwrap();
         let mut with_metadata = document("b", "Bee", "buzz").unwrap();
         with_metadata.metadata.insert("year".into(), 2001.into());
         let summary = collection
@@ -443,7 +788,7 @@ mod tests {
                 || {},
             )
             .unwrap();
-        assert_eq!(summary, IngestSummary { ingested: 3, document_count: 2 });
+        assert_eq!(summary, IngestSummary { ingested: 3, document_count: 2, vector_count: 0 });
         assert_eq!(find(&collection, "a").unwrap().text, "second");
         assert_eq!(find(&collection, "b").unwrap(), with_metadata);
 
@@ -459,7 +804,7 @@ mod tests {
     fn ids_match_stored_documents_across_segments() {
         let dir = tempfile::tempdir().unwrap();
         let mut collection =
-            DataDir::new(dir.path()).create("docs", AnalyzerSettings::default()).unwrap();
+            DataDir::new(dir.path()).create("docs", AnalyzerSettings::default(), None).unwrap();
         for batch in 0..3 {
             let documents = (0..50).map(|i| document(&format!("{batch}-{i}"), "", "text"));
             collection
@@ -483,7 +828,7 @@ mod tests {
     fn a_failed_ingest_leaves_the_collection_exactly_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::new(dir.path());
-        let mut collection = data.create("docs", AnalyzerSettings::default()).unwrap();
+        let mut collection = data.create("docs", AnalyzerSettings::default(), None).unwrap();
         collection.ingest([document("a", "", "kept")], || {}).unwrap();
         let before = snapshot(dir.path());
         let bad_line: CorpusError = cloze_corpus::read_queries("/nonexistent.tsv").unwrap_err();
@@ -502,7 +847,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::new(dir.path());
         for bad in ["", "..", "../x", "a/b", ".hidden", "a b", &"x".repeat(129)] {
-            let error = data.create(bad, AnalyzerSettings::default()).err().unwrap();
+            let error = data.create(bad, AnalyzerSettings::default(), None).err().unwrap();
             assert!(matches!(error, IndexError::InvalidName(_)), "{bad}: {error}");
         }
         assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
@@ -517,9 +862,9 @@ mod tests {
             error.starts_with("no collection named \"nope\"")
                 && error.ends_with("(collections there: none)")
         );
-        data.create("one", AnalyzerSettings::default()).unwrap();
+        data.create("one", AnalyzerSettings::default(), None).unwrap();
         assert!(matches!(
-            data.create("one", AnalyzerSettings::default()),
+            data.create("one", AnalyzerSettings::default(), None),
             Err(IndexError::CollectionExists(_))
         ));
         assert!(data.open("two").err().unwrap().to_string().ends_with("(collections there: one)"));

@@ -27,6 +27,28 @@ pub enum IndexError {
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Corpus(#[from] cloze_corpus::CorpusError),
+    #[error("the model in {path}: {source}")]
+    Model { path: PathBuf, source: Box<cloze_mlm::EmbedError> },
+    #[error(
+        "collection \"{collection}\" was indexed with the model {expected} (weights sha256 \
+         {expected_sha256:.12}), but {found} has weights sha256 {found_sha256:.12}: vectors of \
+         different models cannot be compared; index into a new collection to use this model"
+    )]
+    ModelMismatch {
+        collection: String,
+        expected: PathBuf,
+        expected_sha256: String,
+        found: PathBuf,
+        found_sha256: String,
+    },
+    #[error("collection \"{collection}\" has no document with id {}", ids.join(", "))]
+    UnknownDocuments { collection: String, ids: Vec<String> },
+    #[error("collection \"{0}\" has no vectors: create it with a model (cloze index --model DIR)")]
+    NoModel(String),
+    #[error("a query vector has {found} dimensions; collection \"{collection}\" holds {expected}")]
+    DimensionMismatch { collection: String, expected: usize, found: usize },
+    #[error("the vectors in {path}: {message}")]
+    CorruptVectors { path: PathBuf, message: String },
     #[error("the search index in {path}: {source}")]
     Tantivy { path: PathBuf, source: tantivy::TantivyError },
 }

@@ -1,16 +1,21 @@
-//! Collections on disk: documents in a tantivy BM25 index, described by a manifest.
+//! Collections on disk: documents in a tantivy BM25 index and, for a collection with a model,
+//! their vectors in an HNSW graph, described by a manifest.
 //!
-//! A collection is created with an analyzer that is fixed for its life (documents and queries
-//! must be analysed alike), fed documents in all-or-nothing ingests, and read through tantivy
-//! searchers by the search crate.
+//! A collection is created with an analyzer and optionally a model, fixed for its life
+//! (documents and queries must be analysed and embedded alike), changed by all-or-nothing
+//! ingests and deletes that reach both indexes together, and read by the search crate.
 
 mod analyzer;
 mod collection;
+mod encoder;
 mod error;
 mod manifest;
 mod token_length;
+mod vectors;
 
 pub use analyzer::{analyze, AnalyzerSettings};
-pub use collection::{Collection, DataDir, Fields, IngestSummary};
+pub use collection::{Collection, CompactSummary, DataDir, Fields, IngestSummary};
+pub use encoder::{Encoder, ModelRecord};
 pub use error::IndexError;
-pub use manifest::{Manifest, FORMAT_VERSION};
+pub use manifest::{HnswSettings, Manifest, SemanticSettings, FORMAT_VERSION};
+pub use vectors::Neighbour;

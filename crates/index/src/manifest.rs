@@ -6,10 +6,12 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::analyzer::AnalyzerSettings;
+use crate::encoder::ModelRecord;
 use crate::error::IndexError;
 
 /// The collection layout this build writes; it opens this version and older ones.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: optional vectors (`semantic`) beside the keyword index.
+pub const FORMAT_VERSION: u32 = 2;
 
 pub(crate) const MANIFEST_FILE: &str = "manifest.json";
 
@@ -20,11 +22,58 @@ pub struct Manifest {
     pub analyzer: AnalyzerSettings,
     /// Live documents at the last ingest; the tantivy index is the authority if they disagree.
     pub document_count: u64,
+    /// The model and vector index settings of a collection that also answers semantic
+    /// searches; fixed when the collection is created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic: Option<SemanticSettings>,
+}
+
+/// How a collection's documents become vectors and how the vectors are searched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SemanticSettings {
+    pub model: ModelRecord,
+    /// Documents longer than the model's length are cut into windows that overlap by this many
+    /// tokens, one vector each, and a document scores by its best window. Without it they are
+    /// truncated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_overlap: Option<usize>,
+    pub hnsw: HnswSettings,
+}
+
+/// HNSW graph settings (the names of the paper and of most engines).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HnswSettings {
+    /// Links per point and layer: more is better recall, more memory and slower inserts.
+    pub m: usize,
+    /// Candidates considered when linking a new point.
+    pub ef_construction: usize,
+    /// Candidates considered per search, unless a query asks for another number.
+    pub ef_search: usize,
+}
+
+impl Default for HnswSettings {
+    fn default() -> HnswSettings {
+        HnswSettings { m: 16, ef_construction: 200, ef_search: 100 }
+    }
+}
+
+impl HnswSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(2..=255).contains(&self.m) {
+            return Err(format!("m is {}; it must be between 2 and 255", self.m));
+        }
+        if self.ef_construction == 0 || self.ef_search == 0 {
+            return Err("ef_construction and ef_search must be at least 1".to_string());
+        }
+        Ok(())
+    }
 }
 
 impl Manifest {
-    pub(crate) fn new(analyzer: AnalyzerSettings) -> Manifest {
-        Manifest { format_version: FORMAT_VERSION, analyzer, document_count: 0 }
+    pub(crate) fn new(analyzer: AnalyzerSettings, semantic: Option<SemanticSettings>) -> Manifest {
+        Manifest { format_version: FORMAT_VERSION, analyzer, document_count: 0, semantic }
     }
 
     pub(crate) fn path(collection_dir: &Path) -> PathBuf {
@@ -48,6 +97,7 @@ impl Manifest {
         manifest
             .analyzer
             .validate()
+            .and_then(|()| manifest.semantic.as_ref().map_or(Ok(()), |s| s.hnsw.validate()))
             .map_err(|message| IndexError::InvalidManifest { path, message })?;
         Ok(manifest)
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, D};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::model::BertForMaskedLm;
@@ -25,6 +25,16 @@ pub enum Pooling {
     Mean,
     /// The `[CLS]` token's vector.
     Cls,
+}
+
+impl Pooling {
+    /// The name sentence-transformers' `1_Pooling/config.json` uses for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +53,18 @@ pub enum EmbedError {
 
 pub struct Embedder {
     model: BertForMaskedLm,
+    /// Truncates at `max_len` and adds `[CLS]`/`[SEP]`, exactly as the model was trained.
     tokenizer: Tokenizer,
+    special: SpecialIds,
     max_len: usize,
     pooling: Pooling,
+    batch_size: usize,
     device: Device,
 }
+
+/// Texts per forward pass by default: large enough to keep the matrix products busy, small
+/// enough that one long batch does not hold much memory.
+pub const DEFAULT_BATCH_SIZE: usize = 32;
 
 /// Reads an optional JSON settings file of the model folder.
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>, EmbedError> {
@@ -96,13 +113,17 @@ impl Embedder {
                 ..TruncationParams::default()
             }))
             .map_err(|e| EmbedError::Tokenize(e.to_string()))?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            pad_id: special.pad,
-            pad_token: "[PAD]".to_string(),
-            ..PaddingParams::default()
-        }));
-        Ok(Embedder { model, tokenizer, max_len, pooling, device: device.clone() })
+        // Batches are padded here, after sorting by length, not by the tokenizer.
+        tokenizer.with_padding(None);
+        Ok(Embedder {
+            model,
+            tokenizer,
+            special,
+            max_len,
+            pooling,
+            batch_size: DEFAULT_BATCH_SIZE,
+            device: device.clone(),
+        })
     }
 
     pub fn with_pooling(mut self, pooling: Pooling) -> Embedder {
@@ -123,8 +144,15 @@ impl Embedder {
         self.model.config().hidden_size
     }
 
-    /// One unit-length vector per text, in order. Texts are embedded as one batch: group texts
-    /// of similar length to waste less on padding.
+    /// Texts per forward pass (at least 1).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Embedder {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// One unit-length vector per text, in order; a text longer than [`Self::max_len`] tokens
+    /// is truncated, as sentence-transformers does. Texts are embedded shortest first in
+    /// batches, so each batch pads little; the results do not depend on the grouping.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         if texts.is_empty() {
             return Ok(Vec::new());
@@ -133,12 +161,81 @@ impl Embedder {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| EmbedError::Tokenize(e.to_string()))?;
-        let length = encodings[0].get_ids().len();
-        let ids: Vec<u32> = encodings.iter().flat_map(|e| e.get_ids().iter().copied()).collect();
-        let mask: Vec<u32> =
-            encodings.iter().flat_map(|e| e.get_attention_mask().iter().copied()).collect();
-        let ids = Tensor::from_vec(ids, (texts.len(), length), &self.device)?;
-        let mask = Tensor::from_vec(mask, (texts.len(), length), &self.device)?;
+        let sequences = encodings.into_iter().map(|e| e.get_ids().to_vec()).collect();
+        self.embed_sequences(sequences)
+    }
+
+    /// Vectors for every part of each text: a text is cut into windows of at most
+    /// [`Self::max_len`] tokens, each overlapping the one before by `overlap` tokens, so no part
+    /// of a long text is lost to truncation. A text that fits has one window, whose vector is
+    /// the one [`Self::embed`] gives.
+    pub fn embed_windows(
+        &self,
+        texts: &[&str],
+        overlap: usize,
+    ) -> Result<Vec<Vec<Vec<f32>>>, EmbedError> {
+        // Room for [CLS] and [SEP] in each window, and at least one new token per window.
+        let width = self.max_len.saturating_sub(2).max(1);
+        let step = width.saturating_sub(overlap).max(1);
+        let mut untruncated = self.tokenizer.clone();
+        untruncated.with_truncation(None).map_err(|e| EmbedError::Tokenize(e.to_string()))?;
+        let encodings = untruncated
+            .encode_batch(texts.to_vec(), false)
+            .map_err(|e| EmbedError::Tokenize(e.to_string()))?;
+        let mut sequences = Vec::new();
+        let mut windows_per_text = Vec::with_capacity(texts.len());
+        for encoding in &encodings {
+            let tokens = encoding.get_ids();
+            let mut start = 0;
+            let mut windows = 0;
+            loop {
+                let end = (start + width).min(tokens.len());
+                let mut sequence = Vec::with_capacity(end - start + 2);
+                sequence.push(self.special.cls);
+                sequence.extend_from_slice(&tokens[start..end]);
+                sequence.push(self.special.sep);
+                sequences.push(sequence);
+                windows += 1;
+                if end == tokens.len() {
+                    break;
+                }
+                start += step;
+            }
+            windows_per_text.push(windows);
+        }
+        let mut vectors = self.embed_sequences(sequences)?.into_iter();
+        Ok(windows_per_text.into_iter().map(|n| vectors.by_ref().take(n).collect()).collect())
+    }
+
+    /// Embeds token sequences (special tokens included), shortest first in padded batches,
+    /// and returns the vectors in the order given.
+    fn embed_sequences(&self, sequences: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut order: Vec<usize> = (0..sequences.len()).collect();
+        order.sort_by_key(|&i| sequences[i].len());
+        let mut vectors = vec![Vec::new(); sequences.len()];
+        for batch in order.chunks(self.batch_size) {
+            let batch_sequences: Vec<&[u32]> =
+                batch.iter().map(|&i| sequences[i].as_slice()).collect();
+            for (&i, vector) in batch.iter().zip(self.embed_batch(&batch_sequences)?) {
+                vectors[i] = vector;
+            }
+        }
+        Ok(vectors)
+    }
+
+    /// One forward pass over sequences padded to the longest of them.
+    fn embed_batch(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let length = sequences.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(sequences.len() * length);
+        let mut mask = Vec::with_capacity(sequences.len() * length);
+        for sequence in sequences {
+            ids.extend_from_slice(sequence);
+            ids.extend(std::iter::repeat_n(self.special.pad, length - sequence.len()));
+            mask.extend(std::iter::repeat_n(1u32, sequence.len()));
+            mask.extend(std::iter::repeat_n(0u32, length - sequence.len()));
+        }
+        let ids = Tensor::from_vec(ids, (sequences.len(), length), &self.device)?;
+        let mask = Tensor::from_vec(mask, (sequences.len(), length), &self.device)?;
         let hidden = self.model.encode(&ids, &mask, None)?;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,

@@ -16,7 +16,7 @@ mod train;
 pub use checkpoint::{load, load_config, save, CheckpointError, CONFIG_FILE, WEIGHTS_FILE};
 pub use config::BertConfig;
 pub use data::{pack, read_texts, tokenize, DataError, Packing};
-pub use embed::{EmbedError, Embedder, Pooling};
+pub use embed::{EmbedError, Embedder, Pooling, DEFAULT_BATCH_SIZE};
 pub use masking::{MaskedBatch, MaskedSequence, Masker};
 pub use model::{BertForMaskedLm, Parameters};
 pub use optim::{AdamW, AdamWSettings};

@@ -7,7 +7,7 @@ use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{Searcher, Term};
+use tantivy::{DocAddress, Searcher, Term};
 
 use crate::{Hit, SearchError, SearchRequest};
 
@@ -46,20 +46,35 @@ pub(crate) fn search(
         .map(|((score, _), id)| Hit { id, score: *score, title: None, snippet: None })
         .collect();
     if request.with_documents {
-        let snippets = snippet_generator(collection, &searcher, &terms).map_err(tantivy_error)?;
-        for (hit, address) in hits.iter_mut().zip(addresses) {
-            let document = collection.stored_document(&searcher, address)?;
-            let snippet = snippets.snippet(&document.text);
-            let snippet = if snippet.is_empty() {
-                document.text.chars().take(SNIPPET_CHARS).collect()
-            } else {
-                snippet.fragment().to_string()
-            };
-            hit.title = Some(document.title);
-            hit.snippet = Some(snippet);
-        }
+        fill_documents(collection, &searcher, &mut hits, &addresses, &terms)?;
     }
     Ok(hits)
+}
+
+/// Gives each hit its title and the passage of its text that best matches the query terms
+/// (the text's start if none does).
+pub(crate) fn fill_documents(
+    collection: &Collection,
+    searcher: &Searcher,
+    hits: &mut [Hit],
+    addresses: &[DocAddress],
+    terms: &[String],
+) -> Result<(), SearchError> {
+    let snippets = snippet_generator(collection, searcher, terms).map_err(|source| {
+        SearchError::Tantivy { collection: collection.name().to_string(), source }
+    })?;
+    for (hit, address) in hits.iter_mut().zip(addresses) {
+        let document = collection.stored_document(searcher, *address)?;
+        let snippet = snippets.snippet(&document.text);
+        let snippet = if snippet.is_empty() {
+            document.text.chars().take(SNIPPET_CHARS).collect()
+        } else {
+            snippet.fragment().to_string()
+        };
+        hit.title = Some(document.title);
+        hit.snippet = Some(snippet);
+    }
+    Ok(())
 }
 
 /// Picks the passage with the most (and rarest) query terms, analysing the stored text with the
@@ -93,7 +108,8 @@ mod tests {
     use crate::{search, Mode, SearchRequest};
 
     fn collection(dir: &std::path::Path, docs: &[(&str, &str, &str)]) -> cloze_index::Collection {
-        let mut collection = DataDir::new(dir).create("test", AnalyzerSettings::default()).unwrap();
+        let mut collection =
+            DataDir::new(dir).create("test", AnalyzerSettings::default(), None).unwrap();
         let documents = docs.iter().map(|(id, title, text)| {
             Ok::<_, IndexError>(Document {
                 id: id.to_string(),
@@ -141,7 +157,8 @@ mod tests {
                 .unwrap()
                 .is_empty());
         }
-        let empty = DataDir::new(dir.path()).create("empty", AnalyzerSettings::default()).unwrap();
+        let empty =
+            DataDir::new(dir.path()).create("empty", AnalyzerSettings::default(), None).unwrap();
         assert!(search(&empty, &SearchRequest::new("dog", Mode::Keyword, 10)).unwrap().is_empty());
     }
 

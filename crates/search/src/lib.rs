@@ -2,9 +2,11 @@
 //!
 //! A [`SearchRequest`] names the query text, the ranking mode and how many hits to return;
 //! [`search`] answers with ranked [`Hit`]s. Keyword mode is BM25 over each document's title and
-//! text, with the query analysed by the collection's own analyzer.
+//! text, with the query analysed by the collection's own analyzer; semantic mode embeds the
+//! query with the collection's model and ranks documents by cosine similarity in its HNSW graph.
 
 mod keyword;
+mod semantic;
 
 use std::fmt;
 use std::str::FromStr;
@@ -18,14 +20,17 @@ pub enum Mode {
     /// BM25 over the analysed title and text.
     #[default]
     Keyword,
+    /// Cosine similarity of the query's and the documents' vectors (approximate, HNSW).
+    Semantic,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 1] = [Mode::Keyword];
+    pub const ALL: [Mode; 2] = [Mode::Keyword, Mode::Semantic];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Keyword => "keyword",
+            Mode::Semantic => "semantic",
         }
     }
 }
@@ -59,12 +64,22 @@ pub struct SearchRequest {
     /// Fill in each hit's title and snippet; a ranking alone (as evaluation needs) is faster
     /// without them.
     pub with_documents: bool,
+    /// Semantic mode: HNSW candidates to consider, instead of the collection's ef_search.
+    /// More is closer to exact search and slower.
+    pub ef_search: Option<usize>,
 }
 
 impl SearchRequest {
     /// The first `limit` hits for `query`, ranked by `mode`, with titles and snippets.
     pub fn new(query: impl Into<String>, mode: Mode, limit: usize) -> SearchRequest {
-        SearchRequest { query: query.into(), mode, limit, offset: 0, with_documents: true }
+        SearchRequest {
+            query: query.into(),
+            mode,
+            limit,
+            offset: 0,
+            with_documents: true,
+            ef_search: None,
+        }
     }
 }
 
@@ -82,10 +97,15 @@ pub struct Hit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
-    #[error("unknown search mode \"{0}\": expected keyword")]
+    #[error("unknown search mode \"{0}\": expected keyword or semantic")]
     UnknownMode(String),
     #[error(transparent)]
     Index(#[from] IndexError),
+    #[error(
+        "collection \"{collection}\" has a vector for document {id} but no such document; \
+         it may be changing under this search (retry), else compact it"
+    )]
+    Inconsistent { collection: String, id: String },
     #[error("searching {collection}: {source}")]
     Tantivy { collection: String, source: tantivy::TantivyError },
 }
@@ -95,5 +115,6 @@ pub enum SearchError {
 pub fn search(collection: &Collection, request: &SearchRequest) -> Result<Vec<Hit>, SearchError> {
     match request.mode {
         Mode::Keyword => keyword::search(collection, request),
+        Mode::Semantic => semantic::search(collection, request),
     }
 }

@@ -43,9 +43,13 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     qrels: PathBuf,
 
-    /// How to rank, when searching a collection.
+    /// How to rank, when searching a collection: keyword or semantic.
     #[arg(long, default_value = "keyword", value_parser = parse_mode, conflicts_with = "run")]
     mode: Mode,
+
+    /// Semantic mode: HNSW candidates per query [default: the collection's ef_search].
+    #[arg(long, value_name = "N", conflicts_with = "run")]
+    ef_search: Option<usize>,
 
     /// How many hits to retrieve per query (the deepest cutoff any metric can see).
     #[arg(long, default_value_t = 1000, conflicts_with = "run")]
@@ -127,6 +131,13 @@ fn search_judged_queries(
 ) -> Result<Run> {
     let collection = data_dir.open(collection)?;
     settings.insert("analyzer".into(), serde_json::to_value(&collection.manifest().analyzer)?);
+    if args.mode == Mode::Semantic {
+        if let Some(semantic) = &collection.manifest().semantic {
+            settings.insert("semantic".into(), serde_json::to_value(semantic)?);
+            let ef_search = args.ef_search.unwrap_or(semantic.hnsw.ef_search);
+            settings.insert("ef_search".into(), json!(ef_search));
+        }
+    }
     let texts: HashMap<String, String> =
         cloze_corpus::read_queries(queries_file)?.into_iter().map(|q| (q.id, q.text)).collect();
     if let Some(missing) = qrels.queries().find(|id| !texts.contains_key(*id)) {
@@ -141,6 +152,7 @@ fn search_judged_queries(
     for id in qrels.queries() {
         let mut request = SearchRequest::new(texts[id].as_str(), args.mode, args.depth);
         request.with_documents = false;
+        request.ef_search = args.ef_search;
         let hits = search(&collection, &request).with_context(|| format!("query \"{id}\""))?;
         run.insert(id, hits.into_iter().map(|hit| (hit.id, f64::from(hit.score))).collect());
         progress.inc(1);

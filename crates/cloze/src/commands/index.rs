@@ -1,10 +1,10 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cloze_corpus::DocumentReader;
-use cloze_index::{AnalyzerSettings, DataDir};
+use cloze_index::{AnalyzerSettings, DataDir, Encoder, HnswSettings, SemanticSettings};
 
 use crate::commands::fields::DocumentFields;
 use crate::progress;
@@ -15,6 +15,11 @@ use crate::progress;
 /// other layouts name their fields with the flags below. Files may be gzip-compressed. A
 /// document whose id is already in the collection replaces it. The ingest is all or nothing:
 /// if any line is bad, the error names it and the collection is left as it was.
+///
+/// With --model, a new collection also embeds every document with that encoder (a Hugging
+/// Face BERT folder: one trained by `cloze train`, or e.g. all-MiniLM-L6-v2) into an HNSW
+/// vector index, and answers `--mode semantic` searches. The model is fixed for the
+/// collection's life: later ingests embed with it, and a different model is refused.
 #[derive(Debug, Args)]
 pub struct IndexArgs {
     /// The collection to add to (created if it does not exist).
@@ -32,17 +37,67 @@ pub struct IndexArgs {
     /// file like those in configs/analyzers/ [default: english].
     #[arg(long, value_name = "NAME|FILE")]
     analyzer: Option<String>,
+
+    /// Embed documents with this model folder (config.json, model.safetensors,
+    /// tokenizer.json) for semantic search. For an existing collection it must be the model the
+    /// collection was created with (its weights are compared).
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+
+    /// For a new collection with --model: cut documents longer than the model's length into
+    /// overlapping windows, a vector each, and rank a document by its best window [default:
+    /// truncate them].
+    #[arg(long, requires = "model")]
+    windows: bool,
+
+    /// Tokens each window shares with the one before.
+    #[arg(long, value_name = "TOKENS", default_value_t = 32, requires = "windows")]
+    window_overlap: usize,
+
+    /// For a new collection with --model: HNSW links per point.
+    #[arg(long, value_name = "M", default_value_t = HnswSettings::default().m, requires = "model")]
+    hnsw_m: usize,
+
+    /// For a new collection with --model: HNSW candidates when linking a point.
+    #[arg(long, value_name = "N", default_value_t = HnswSettings::default().ef_construction, requires = "model")]
+    ef_construction: usize,
+
+    /// For a new collection with --model: HNSW candidates per search (a search can override it).
+    #[arg(long, value_name = "N", default_value_t = HnswSettings::default().ef_search, requires = "model")]
+    ef_search: usize,
+
+    /// Documents per forward pass of the model.
+    #[arg(long, value_name = "N", default_value_t = cloze_mlm::DEFAULT_BATCH_SIZE, requires = "model")]
+    batch_size: usize,
 }
 
 pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
     let mapping = args.fields.mapping()?;
     let analyzer = args.analyzer.as_deref().map(AnalyzerSettings::from_name_or_file).transpose()?;
-    // Open the corpus first: an unreadable file should not leave a new, empty collection behind.
-    let documents = DocumentReader::open(&args.corpus, mapping)?;
+    // Open the corpus and the model first: neither should fail after a new, empty collection
+    // exists.
+    let documents = DocumentReader::open(&args.corpus, mapping.clone())?;
+    let encoder = match &args.model {
+        Some(dir) => Some(
+            Encoder::load(dir)
+                .with_context(|| format!("--model {}", dir.display()))?
+                .with_batch_size(args.batch_size),
+        ),
+        None => None,
+    };
 
     let created = !data_dir.exists(&args.collection)?;
-    let mut collection = if created {
-        data_dir.create(&args.collection, analyzer.unwrap_or_default())?
+    let collection = if created {
+        let semantic = encoder.as_ref().map(|encoder| SemanticSettings {
+            model: encoder.record().clone(),
+            window_overlap: args.windows.then_some(args.window_overlap),
+            hnsw: HnswSettings {
+                m: args.hnsw_m,
+                ef_construction: args.ef_construction,
+                ef_search: args.ef_search,
+            },
+        });
+        data_dir.create(&args.collection, analyzer.unwrap_or_default(), semantic)?
     } else {
         let collection = data_dir.open(&args.collection)?;
         if let Some(analyzer) = analyzer {
@@ -58,9 +113,28 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
         }
         collection
     };
+    let mut collection = collection;
+    if let Some(encoder) = encoder {
+        if let Err(error) = collection.use_encoder(encoder) {
+            if created {
+                drop(collection);
+                data_dir.delete(&args.collection)?;
+            }
+            return Err(error).context(format!(
+                "--model {}",
+                args.model.as_deref().unwrap_or(Path::new("")).display()
+            ));
+        }
+    }
 
     let started = Instant::now();
-    let progress = progress::counter("documents");
+    let progress = if collection.manifest().semantic.is_some() {
+        // Embedding is slow enough to be worth a count first, for a bar with an ETA.
+        let total = DocumentReader::open(&args.corpus, mapping)?.filter(Result::is_ok).count();
+        progress::bar(total as u64, "documents")
+    } else {
+        progress::counter("documents")
+    };
     let result = collection.ingest(documents, || progress.inc(1));
     progress.finish_and_clear();
     let summary = match result {
@@ -76,8 +150,14 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
         }
     };
     let seconds = started.elapsed().as_secs_f64();
+    let vectors = if collection.manifest().semantic.is_some() {
+        format!(" and {} vectors", summary.vector_count)
+    } else {
+        String::new()
+    };
     println!(
-        "indexed {} documents into \"{}\" in {:.1}s ({:.0} documents/s); it now holds {} documents",
+        "indexed {} documents into \"{}\" in {:.1}s ({:.0} documents/s); it now holds {} \
+         documents{vectors}",
         summary.ingested,
         args.collection,
         seconds,

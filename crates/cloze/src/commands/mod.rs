@@ -1,4 +1,6 @@
 pub mod collections;
+pub mod compact;
+pub mod delete;
 pub mod embed;
 pub mod eval;
 pub mod fields;

@@ -10,9 +10,14 @@ pub struct SearchArgs {
     #[arg(long, value_name = "NAME")]
     collection: String,
 
-    /// How to rank: keyword (BM25 over title and text).
+    /// How to rank: keyword (BM25 over title and text) or semantic (the collection's model
+    /// and vector index; the collection must have been indexed with --model).
     #[arg(long, default_value = "keyword", value_parser = parse_mode)]
     mode: Mode,
+
+    /// Semantic mode: HNSW candidates to consider [default: the collection's ef_search].
+    #[arg(long, value_name = "N")]
+    ef_search: Option<usize>,
 
     /// How many hits to show.
     #[arg(short = 'k', long = "limit", default_value_t = 10)]
@@ -38,6 +43,7 @@ pub fn run(data_dir: &DataDir, args: SearchArgs) -> Result<()> {
     let collection = data_dir.open(&args.collection)?;
     let mut request = SearchRequest::new(args.query, args.mode, args.limit);
     request.offset = args.offset;
+    request.ef_search = args.ef_search;
     let hits = search(&collection, &request)?;
     if args.json {
         println!("{}", serde_json::json!({ "hits": hits }));

@@ -1,0 +1,119 @@
+//! Crash safety: `cloze index` killed (SIGKILL) at random moments leaves a collection that opens
+//! in its last committed state, with a vector for every stored document and for no other.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use cloze_index::DataDir;
+use cloze_search::{search, Mode, SearchRequest};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const KILLS: usize = 24;
+
+fn corpus(ids: impl Iterator<Item = usize>, version: &str) -> String {
+    let words = ["river", "bridge", "engine", "wing", "heat", "flow", "gene", "dose", "cell"];
+    ids.map(|i| {
+        let text: Vec<&str> = (0..12).map(|j| words[(i * 5 + j * j + j) % words.len()]).collect();
+        format!(
+            "{{\"_id\": \"d{i}\", \"title\": \"\", \"text\": \"{version} {}\"}}\n",
+            text.join(" ")
+        )
+    })
+    .collect()
+}
+
+fn index(data: &Path, model: &Path, corpus: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cloze"));
+    command
+        .args(["--data-dir", data.to_str().unwrap(), "index", "--collection", "docs"])
+        .args(["--corpus", corpus.to_str().unwrap(), "--model", model.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// Runs an ingest to completion.
+fn index_fully(data: &Path, model: &Path, corpus: &Path) {
+    let output = index(data, model, corpus).stderr(Stdio::piped()).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    if to.exists() {
+        std::fs::remove_dir_all(to).unwrap();
+    }
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// The ids stored in the collection, after checking that vectors and documents agree and that
+/// semantic search works.
+fn committed_ids(data: &Path) -> BTreeSet<String> {
+    let collection = DataDir::new(data).open("docs").expect("the collection opens after a kill");
+    let ids = collection.document_ids().unwrap();
+    assert_eq!(ids, collection.vector_document_ids(), "vectors and documents disagree");
+    let hits = search(&collection, &SearchRequest::new("river bridge", Mode::Semantic, 5)).unwrap();
+    assert_eq!(hits.len(), 5.min(ids.len()));
+    ids.into_iter().collect()
+}
+
+#[test]
+fn killing_the_indexer_at_any_moment_keeps_both_indexes_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let words = "river bridge engine wing heat flow gene dose cell version one two";
+    let model = cloze_tests::small_model(&dir.path().join("model"), &[words], 64, 1);
+    // The committed state before each attempt: 600 documents.
+    let first = dir.path().join("first.jsonl");
+    std::fs::write(&first, corpus(0..600, "one")).unwrap();
+    // Each attempt replaces 300 of them and adds 900: 1500 documents if it completes.
+    let second = dir.path().join("second.jsonl");
+    std::fs::write(&second, corpus(300..1500, "two")).unwrap();
+
+    let before_dir = dir.path().join("before");
+    index_fully(&before_dir, &model, &first);
+    let before = committed_ids(&before_dir);
+    let after_dir = dir.path().join("after");
+    copy_dir(&before_dir, &after_dir);
+    let started = Instant::now();
+    index_fully(&after_dir, &model, &second);
+    let full_run = started.elapsed();
+    let after = committed_ids(&after_dir);
+    assert_eq!((before.len(), after.len()), (600, 1500));
+
+    let data = dir.path().join("data");
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let (mut old, mut new) = (0, 0);
+    for attempt in 0..KILLS {
+        copy_dir(&before_dir, &data);
+        let mut child = index(&data, &model, &second).spawn().unwrap();
+        // Uniform over the whole run, and a little past it.
+        let wait = full_run.mul_f64(rng.random_range(0.0..1.1));
+        std::thread::sleep(wait);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let ids = committed_ids(&data);
+        if ids == before {
+            old += 1;
+        } else if ids == after {
+            new += 1;
+        } else {
+            panic!("attempt {attempt}, killed after {wait:?}: {} documents", ids.len());
+        }
+    }
+    eprintln!("{KILLS} kills over a {full_run:?} run: {old} left the old state, {new} the new");
+    assert!(old > 0, "no kill landed before the commit: the test shows nothing");
+    // The collection stays writable after the last kill.
+    index_fully(&data, &model, &second);
+    assert_eq!(committed_ids(&data), after);
+    assert_eq!(std::fs::read_dir(data.join("docs/vectors")).unwrap().count(), 1);
+}

@@ -1,0 +1,580 @@
+//! The vector side of a collection: one vector per document (or per window of a long document)
+//! in an HNSW graph, with the document ids they belong to.
+//!
+//! Vectors live in numbered generations, each a complete, immutable folder:
+//!
+//! ```text
+//! vectors/<generation>/vectors.f32        every slot's vector, little-endian f32
+//! vectors/<generation>/hnsw.hnsw.graph    the HNSW graph (hnsw_rs's dump)
+//! vectors/<generation>/hnsw.hnsw.data
+//! vectors/<generation>/slots.json         slot -> document id, tombstones, checksums; written last
+//! ```
+//!
+//! A write builds the next generation beside the current one; the tantivy commit that makes the
+//! same documents visible names it (the commit payload), so the two indexes change together or
+//! not at all. A generation no commit names is debris of an interrupted write and is removed.
+//!
+//! hnsw_rs cannot delete a point, so a replaced or deleted document's slots become tombstones,
+//! skipped by a search filter, until [`VectorIndex::compacted`] rebuilds the graph without them.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+
+use hnsw_rs::anndists::dist::Distance;
+use hnsw_rs::prelude::{AnnT, Hnsw, HnswIo};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::IndexError;
+use crate::manifest::HnswSettings;
+
+pub(crate) const VECTORS_DIR: &str = "vectors";
+const SLOTS_FILE: &str = "slots.json";
+const VECTORS_FILE: &str = "vectors.f32";
+const HNSW_BASENAME: &str = "hnsw";
+/// hnsw_rs's layer cap; with M = 16 it is reached only past billions of points.
+const MAX_LAYERS: usize = 16;
+
+/// Cosine distance between unit vectors: 1 - dot. anndists' `DistDot` asserts the result is not
+/// negative, which rounding breaks for near-identical vectors.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UnitCosine;
+
+impl Distance<f32> for UnitCosine {
+    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
+        (1.0 - dot(a, b)).max(0.0)
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// What `slots.json` holds.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SlotsFile {
+    dimension: usize,
+    /// The document id of each slot.
+    owners: Vec<String>,
+    /// Slots of replaced or deleted documents, ascending.
+    tombstones: Vec<usize>,
+    /// SHA-256 of each data file of the generation, by name.
+    checksums: HashMap<String, String>,
+}
+
+/// A nearest slot: its document and cosine similarity to the query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Neighbour {
+    pub id: String,
+    pub similarity: f32,
+}
+
+pub(crate) struct VectorIndex {
+    dimension: usize,
+    settings: HnswSettings,
+    owners: Vec<String>,
+    /// Slot-major, `dimension` floats per slot.
+    vectors: Vec<f32>,
+    dead: Vec<bool>,
+    dead_count: usize,
+    /// The live slots of each document.
+    slots_of: HashMap<String, Vec<usize>>,
+    /// `'static`: a loaded graph owns its points (no memory map), see [`load_graph`].
+    graph: Hnsw<'static, f32, UnitCosine>,
+}
+
+impl VectorIndex {
+    pub(crate) fn empty(dimension: usize, settings: HnswSettings) -> VectorIndex {
+        VectorIndex {
+            dimension,
+            settings,
+            owners: Vec::new(),
+            vectors: Vec::new(),
+            dead: Vec::new(),
+            dead_count: 0,
+            slots_of: HashMap::new(),
+            graph: new_graph(&settings, 0),
+        }
+    }
+
+    pub(crate) fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// Live documents with vectors.
+    pub(crate) fn document_count(&self) -> usize {
+        self.slots_of.len()
+    }
+
+    pub(crate) fn live_slots(&self) -> usize {
+        self.owners.len() - self.dead_count
+    }
+
+    pub(crate) fn dead_count(&self) -> usize {
+        self.dead_count
+    }
+
+    /// The share of slots that are tombstones.
+    pub(crate) fn dead_fraction(&self) -> f64 {
+        self.dead_count as f64 / self.owners.len().max(1) as f64
+    }
+
+    /// The ids of documents with vectors, in no order.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = &str> {
+        self.slots_of.keys().map(String::as_str)
+    }
+
+    /// Tombstones the vectors of `id`, if it has any.
+    pub(crate) fn remove(&mut self, id: &str) {
+        for slot in self.slots_of.remove(id).unwrap_or_default() {
+            self.dead[slot] = true;
+            self.dead_count += 1;
+        }
+    }
+
+    /// Gives each document its vectors (one per window), replacing any it had.
+    pub(crate) fn insert(&mut self, documents: Vec<(String, Vec<Vec<f32>>)>) {
+        let first = self.owners.len();
+        for (id, vectors) in documents {
+            self.remove(&id);
+            let mut slots = Vec::with_capacity(vectors.len());
+            for vector in vectors {
+                debug_assert_eq!(vector.len(), self.dimension);
+                slots.push(self.owners.len());
+                self.owners.push(id.clone());
+                self.vectors.extend_from_slice(&vector);
+                self.dead.push(false);
+            }
+            // A document given twice in one batch keeps its last vectors.
+            if let Some(old) = self.slots_of.insert(id, slots) {
+                for slot in old {
+                    self.dead[slot] = true;
+                    self.dead_count += 1;
+                }
+            }
+        }
+        let points: Vec<(&[f32], usize)> =
+            (first..self.owners.len()).map(|slot| (self.vector(slot), slot)).collect();
+        self.graph.parallel_insert_slice(&points);
+    }
+
+    fn vector(&self, slot: usize) -> &[f32] {
+        &self.vectors[slot * self.dimension..(slot + 1) * self.dimension]
+    }
+
+    /// The same live vectors in a fresh graph, without tombstones.
+    pub(crate) fn compacted(&self) -> VectorIndex {
+        let mut fresh = VectorIndex::empty(self.dimension, self.settings);
+        let mut live: Vec<(&str, usize)> = (0..self.owners.len())
+            .filter(|&slot| !self.dead[slot])
+            .map(|slot| (self.owners[slot].as_str(), slot))
+            .collect();
+        // Keep each document's windows together and in order.
+        live.sort_by_key(|&(_, slot)| slot);
+        let mut documents: Vec<(String, Vec<Vec<f32>>)> = Vec::new();
+        let mut position: HashMap<&str, usize> = HashMap::new();
+        for (id, slot) in live {
+            let index = *position.entry(id).or_insert_with(|| {
+                documents.push((id.to_string(), Vec::new()));
+                documents.len() - 1
+            });
+            documents[index].1.push(self.vector(slot).to_vec());
+        }
+        fresh.insert(documents);
+        fresh
+    }
+
+    /// The documents nearest to `query` by their best vector, best first: at most `limit`,
+    /// searched with `ef` candidates (raised to the number of vectors asked for).
+    pub(crate) fn nearest(&self, query: &[f32], limit: usize, ef: usize) -> Vec<Neighbour> {
+        let live = self.live_slots();
+        if limit == 0 || live == 0 {
+            return Vec::new();
+        }
+        let filter = |slot: &usize| !self.dead[*slot];
+        // With windows a document has several slots: ask for enough slots to find `limit`
+        // documents, and more if the best slots crowd into few documents.
+        let per_document = live.div_ceil(self.document_count().max(1));
+        let mut wanted = (limit * per_document).min(live);
+        loop {
+            let found = self.graph.search_filter(query, wanted, ef.max(wanted), Some(&filter));
+            let neighbours = best_per_document(
+                found.iter().map(|n| (n.get_origin_id(), 1.0 - n.get_distance())),
+                &self.owners,
+            );
+            if neighbours.len() >= limit || wanted == live {
+                return neighbours.into_iter().take(limit).collect();
+            }
+            wanted = (wanted * 2).min(live);
+        }
+    }
+
+    /// What [`Self::nearest`] approximates: every live vector compared with the query.
+    pub(crate) fn exact_nearest(&self, query: &[f32], limit: usize) -> Vec<Neighbour> {
+        let mut scored: Vec<(usize, f32)> = (0..self.owners.len())
+            .filter(|&slot| !self.dead[slot])
+            .map(|slot| (slot, dot(query, self.vector(slot))))
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut neighbours = best_per_document(scored.into_iter(), &self.owners);
+        neighbours.truncate(limit);
+        neighbours
+    }
+
+    /// Writes this index as generation `generation` under `vectors_dir`, durably.
+    pub(crate) fn save(&self, vectors_dir: &Path, generation: u64) -> Result<(), IndexError> {
+        let dir = generation_dir(vectors_dir, generation);
+        if dir.exists() {
+            // Debris of an interrupted write that reached no commit.
+            remove_dir(&dir)?;
+        }
+        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+        let mut checksums = HashMap::new();
+        let bytes: Vec<u8> = self.vectors.iter().flat_map(|x| x.to_le_bytes()).collect();
+        write_synced(&dir.join(VECTORS_FILE), &bytes)?;
+        checksums.insert(VECTORS_FILE.to_string(), sha256(&bytes));
+        if !self.owners.is_empty() {
+            let basename = self.graph.file_dump(&dir, HNSW_BASENAME).map_err(|e| {
+                IndexError::Io { path: dir.clone(), source: std::io::Error::other(e.to_string()) }
+            })?;
+            if basename != HNSW_BASENAME {
+                return Err(IndexError::CorruptVectors {
+                    path: dir,
+                    message: format!("hnsw_rs wrote {basename}.* instead of {HNSW_BASENAME}.*"),
+                });
+            }
+            for name in graph_files() {
+                let path = dir.join(&name);
+                let bytes = std::fs::read(&path).map_err(io_error(&path))?;
+                std::fs::File::open(&path)
+                    .and_then(|file| file.sync_all())
+                    .map_err(io_error(&path))?;
+                checksums.insert(name, sha256(&bytes));
+            }
+        }
+        let mut tombstones: Vec<usize> = (0..self.dead.len()).filter(|&s| self.dead[s]).collect();
+        tombstones.sort_unstable();
+        let slots = SlotsFile {
+            dimension: self.dimension,
+            owners: self.owners.clone(),
+            tombstones,
+            checksums,
+        };
+        let json = serde_json::to_vec(&slots).expect("slots always serialize");
+        write_synced(&dir.join(SLOTS_FILE), &json)?;
+        sync_dir(&dir)?;
+        sync_dir(vectors_dir)
+    }
+
+    /// Reads generation `generation`, checking every file against the checksums it was
+    /// written with; generation 0 is the empty index of a collection never written to.
+    pub(crate) fn load(
+        vectors_dir: &Path,
+        generation: u64,
+        dimension: usize,
+        settings: HnswSettings,
+    ) -> Result<VectorIndex, IndexError> {
+        if generation == 0 {
+            return Ok(VectorIndex::empty(dimension, settings));
+        }
+        let dir = generation_dir(vectors_dir, generation);
+        let corrupt = |message: String| IndexError::CorruptVectors { path: dir.clone(), message };
+        let slots_path = dir.join(SLOTS_FILE);
+        let slots: SlotsFile =
+            serde_json::from_slice(&std::fs::read(&slots_path).map_err(io_error(&slots_path))?)
+                .map_err(|e| corrupt(format!("{SLOTS_FILE}: {e}")))?;
+        if slots.dimension != dimension {
+            return Err(corrupt(format!(
+                "{} dimensions, but the manifest says {dimension}",
+                slots.dimension
+            )));
+        }
+        let checked = |name: &str| -> Result<Vec<u8>, IndexError> {
+            let path = dir.join(name);
+            let bytes = read_all(&path)?;
+            match slots.checksums.get(name) {
+                Some(expected) if *expected == sha256(&bytes) => Ok(bytes),
+                Some(_) => Err(corrupt(format!("{name} does not match its checksum"))),
+                None => Err(corrupt(format!("{SLOTS_FILE} has no checksum for {name}"))),
+            }
+        };
+        let bytes = checked(VECTORS_FILE)?;
+        if bytes.len() != slots.owners.len() * dimension * 4 {
+            return Err(corrupt(format!(
+                "{VECTORS_FILE} has {} bytes for {} vectors of {dimension} dimensions",
+                bytes.len(),
+                slots.owners.len()
+            )));
+        }
+        let vectors: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("chunks of 4")))
+            .collect();
+        let graph = if slots.owners.is_empty() {
+            new_graph(&settings, 0)
+        } else {
+            for name in graph_files() {
+                checked(&name)?;
+            }
+            let graph = load_graph(&dir).map_err(corrupt)?;
+            if graph.get_nb_point() != slots.owners.len() {
+                return Err(corrupt(format!(
+                    "the graph has {} points for {} slots",
+                    graph.get_nb_point(),
+                    slots.owners.len()
+                )));
+            }
+            graph
+        };
+        let mut dead = vec![false; slots.owners.len()];
+        for &slot in &slots.tombstones {
+            *dead.get_mut(slot).ok_or_else(|| corrupt(format!("tombstone {slot} is no slot")))? =
+                true;
+        }
+        let mut slots_of: HashMap<String, Vec<usize>> = HashMap::new();
+        for (slot, id) in slots.owners.iter().enumerate() {
+            if !dead[slot] {
+                slots_of.entry(id.clone()).or_default().push(slot);
+            }
+        }
+        Ok(VectorIndex {
+            dimension,
+            settings,
+            dead_count: dead.iter().filter(|d| **d).count(),
+            owners: slots.owners,
+            vectors,
+            dead,
+            slots_of,
+            graph,
+        })
+    }
+}
+
+/// Keeps the first (best) score of each document, in the order given.
+fn best_per_document(
+    scored_slots: impl Iterator<Item = (usize, f32)>,
+    owners: &[String],
+) -> Vec<Neighbour> {
+    let mut seen = std::collections::HashSet::new();
+    scored_slots
+        .filter(|(slot, _)| seen.insert(owners[*slot].as_str()))
+        .map(|(slot, similarity)| Neighbour { id: owners[slot].clone(), similarity })
+        .collect()
+}
+
+fn new_graph(settings: &HnswSettings, capacity: usize) -> Hnsw<'static, f32, UnitCosine> {
+    Hnsw::new(settings.m, capacity.max(1024), MAX_LAYERS, settings.ef_construction, UnitCosine)
+}
+
+fn graph_files() -> [String; 2] {
+    [format!("{HNSW_BASENAME}.hnsw.graph"), format!("{HNSW_BASENAME}.hnsw.data")]
+}
+
+/// Reloads a dumped graph. hnsw_rs ties the graph's lifetime to its loader because a loader may
+/// memory-map the vectors; this one does not (points are copied in), so the small loader is
+/// leaked to give the graph a `'static` lifetime. hnsw_rs asserts on malformed files, so a
+/// panic there is caught and reported (the checksums make it unlikely).
+fn load_graph(dir: &Path) -> Result<Hnsw<'static, f32, UnitCosine>, String> {
+    let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, HNSW_BASENAME)));
+    match std::panic::catch_unwind(AssertUnwindSafe(move || {
+        { loader }.load_hnsw::<f32, UnitCosine>()
+    })) {
+        Ok(Ok(graph)) => Ok(graph),
+        Ok(Err(error)) => Err(format!("reading the HNSW graph: {error}")),
+        Err(_) => Err("the HNSW graph files are malformed".to_string()),
+    }
+}
+
+pub(crate) fn generation_dir(vectors_dir: &Path, generation: u64) -> PathBuf {
+    vectors_dir.join(format!("{generation:010}"))
+}
+
+/// Removes every generation folder but `keep`: what interrupted or superseded writes left.
+pub(crate) fn remove_other_generations(vectors_dir: &Path, keep: u64) -> Result<(), IndexError> {
+    let entries = match std::fs::read_dir(vectors_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(IndexError::Io { path: vectors_dir.to_path_buf(), source }),
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let generation = entry.file_name().to_str().and_then(|name| name.parse::<u64>().ok());
+        if generation.is_some_and(|generation| generation != keep) {
+            remove_dir(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_dir(dir: &Path) -> Result<(), IndexError> {
+    std::fs::remove_dir_all(dir).map_err(io_error(dir))
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
+    move |source| IndexError::Io { path: path.to_path_buf(), source }
+}
+
+fn read_all(path: &Path) -> Result<Vec<u8>, IndexError> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut file| file.read_to_end(&mut bytes))
+        .map_err(io_error(path))?;
+    Ok(bytes)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), IndexError> {
+    let mut file = std::fs::File::create(path).map_err(io_error(path))?;
+    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io_error(path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), IndexError> {
+    std::fs::File::open(dir).and_then(|file| file.sync_all()).map_err(io_error(dir))
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    crate::encoder::hex(&Sha256::digest(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    const DIMENSION: usize = 24;
+
+    fn unit_vectors(count: usize, seed: u64) -> Vec<Vec<f32>> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..count)
+            .map(|_| {
+                let v: Vec<f32> = (0..DIMENSION).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.into_iter().map(|x| x / norm).collect()
+            })
+            .collect()
+    }
+
+    fn index_of(vectors: &[Vec<f32>]) -> VectorIndex {
+        let mut index = VectorIndex::empty(DIMENSION, HnswSettings::default());
+        index.insert(
+            vectors.iter().enumerate().map(|(i, v)| (format!("d{i}"), vec![v.clone()])).collect(),
+        );
+        index
+    }
+
+    fn ids(neighbours: &[Neighbour]) -> Vec<&str> {
+        neighbours.iter().map(|n| n.id.as_str()).collect()
+    }
+
+    #[test]
+    fn hnsw_finds_what_exact_search_finds() {
+        let vectors = unit_vectors(2000, 1);
+        let index = index_of(&vectors);
+        let queries = unit_vectors(100, 2);
+        let mut found = 0;
+        for query in &queries {
+            let exact = index.exact_nearest(query, 10);
+            let approximate = index.nearest(query, 10, HnswSettings::default().ef_search);
+            found += ids(&approximate).iter().filter(|id| ids(&exact).contains(id)).count();
+        }
+        let recall = found as f64 / 1000.0;
+        assert!(recall >= 0.95, "recall@10 {recall}");
+        // A stored vector is its own nearest neighbour, at similarity 1.
+        let nearest = index.nearest(&vectors[7], 1, 50);
+        assert_eq!(nearest[0].id, "d7");
+        assert!((nearest[0].similarity - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn replaced_and_removed_documents_are_never_found_and_compaction_drops_them() {
+        let vectors = unit_vectors(300, 3);
+        let mut index = index_of(&vectors);
+        let replacement = unit_vectors(1, 4).remove(0);
+        index.insert(vec![("d1".to_string(), vec![replacement.clone()])]);
+        index.remove("d2");
+        assert_eq!((index.document_count(), index.live_slots(), index.dead_count()), (299, 299, 2));
+        for query in [&vectors[1], &vectors[2]] {
+            let found = index.nearest(query, 300, 400);
+            assert_eq!(found.len(), 299);
+            assert!(!found.iter().any(|n| n.id == "d2"));
+            assert_ne!(found[0].id, "d2");
+        }
+        assert_eq!(index.nearest(&replacement, 1, 50)[0].id, "d1");
+
+        let compacted = index.compacted();
+        assert_eq!((compacted.live_slots(), compacted.dead_count()), (299, 0));
+        for query in unit_vectors(20, 5) {
+            assert_eq!(compacted.exact_nearest(&query, 10), index.exact_nearest(&query, 10));
+        }
+    }
+
+    #[test]
+    fn a_document_with_windows_scores_by_its_best_window() {
+        let vectors = unit_vectors(4, 6);
+        let mut index = VectorIndex::empty(DIMENSION, HnswSettings::default());
+        index.insert(vec![
+            ("long".to_string(), vec![vectors[0].clone(), vectors[1].clone()]),
+            ("short".to_string(), vec![vectors[2].clone()]),
+        ]);
+        for found in [index.nearest(&vectors[1], 2, 10), index.exact_nearest(&vectors[1], 2)] {
+            assert_eq!(ids(&found), ["long", "short"]);
+            assert!((found[0].similarity - 1.0).abs() < 1e-5);
+        }
+        index.remove("long");
+        assert_eq!(index.live_slots(), 1);
+    }
+
+    #[test]
+    fn a_saved_generation_loads_back_and_damage_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let vectors = unit_vectors(200, 7);
+        let mut index = index_of(&vectors);
+        index.remove("d3");
+        index.save(dir.path(), 1).unwrap();
+        let loaded = VectorIndex::load(dir.path(), 1, DIMENSION, HnswSettings::default()).unwrap();
+        assert_eq!((loaded.live_slots(), loaded.dead_count()), (199, 1));
+        for query in unit_vectors(10, 8) {
+            assert_eq!(loaded.exact_nearest(&query, 5), index.exact_nearest(&query, 5));
+            assert_eq!(ids(&loaded.nearest(&query, 5, 100)), ids(&index.nearest(&query, 5, 100)));
+        }
+        // A loaded graph takes more points.
+        let mut loaded = loaded;
+        loaded.insert(vec![("new".to_string(), vec![vectors[3].clone()])]);
+        assert_eq!(loaded.nearest(&vectors[3], 1, 50)[0].id, "new");
+
+        let wrong_dimension = VectorIndex::load(dir.path(), 1, 8, HnswSettings::default());
+        assert!(wrong_dimension.err().unwrap().to_string().contains("24 dimensions"));
+        for name in ["vectors.f32", "hnsw.hnsw.graph", "hnsw.hnsw.data"] {
+            let path = generation_dir(dir.path(), 1).join(name);
+            let original = std::fs::read(&path).unwrap();
+            let mut damaged = original.clone();
+            let middle = damaged.len() / 2;
+            damaged[middle] ^= 0x55;
+            std::fs::write(&path, &damaged).unwrap();
+            let error = VectorIndex::load(dir.path(), 1, DIMENSION, HnswSettings::default())
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(error.contains(&format!("{name} does not match its checksum")), "{error}");
+            std::fs::write(&path, &original).unwrap();
+        }
+        std::fs::write(generation_dir(dir.path(), 1).join(SLOTS_FILE), "{").unwrap();
+        assert!(VectorIndex::load(dir.path(), 1, DIMENSION, HnswSettings::default()).is_err());
+    }
+
+    #[test]
+    fn an_empty_index_saves_loads_and_finds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = VectorIndex::empty(DIMENSION, HnswSettings::default());
+        index.save(dir.path(), 3).unwrap();
+        let loaded = VectorIndex::load(dir.path(), 3, DIMENSION, HnswSettings::default()).unwrap();
+        assert!(loaded.nearest(&unit_vectors(1, 9)[0], 10, 10).is_empty());
+        std::fs::create_dir_all(generation_dir(dir.path(), 5)).unwrap();
+        remove_other_generations(dir.path(), 3).unwrap();
+        assert!(generation_dir(dir.path(), 3).is_dir());
+        assert!(!generation_dir(dir.path(), 5).exists());
+    }
+}

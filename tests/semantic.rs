@@ -1,0 +1,242 @@
+//! Collections with a model: vectors beside the keyword index, kept consistent through
+//! replacements, deletes, compaction and failures; semantic search over them.
+
+use std::path::{Path, PathBuf};
+
+use cloze_corpus::Document;
+use cloze_index::{
+    AnalyzerSettings, Collection, DataDir, Encoder, HnswSettings, IndexError, SemanticSettings,
+};
+use cloze_search::{search, Mode, SearchRequest};
+use cloze_tests::small_model;
+
+const WORDS: &[&str] = &[
+    "vitamin", "fracture", "protein", "cell", "membrane", "river", "bridge", "engine", "wing",
+    "pressure", "library", "catalog", "query", "index", "network", "signal", "noise", "heat",
+    "flow", "boundary", "layer", "gene", "mouse", "tumor", "dose",
+];
+
+/// Twenty short texts, each a different mix of the words above.
+fn texts() -> Vec<String> {
+    (0..20)
+        .map(|i| (0..6).map(|j| WORDS[(i * 7 + j * j * 3 + j) % WORDS.len()]).collect::<Vec<_>>())
+        .map(|words| words.join(" "))
+        .collect()
+}
+
+fn document(id: &str, text: &str) -> Result<Document, IndexError> {
+    Ok(Document {
+        id: id.into(),
+        title: String::new(),
+        text: text.into(),
+        metadata: Default::default(),
+    })
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    data: DataDir,
+    model: PathBuf,
+}
+
+impl Fixture {
+    fn new(max_len: usize) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = texts();
+        let texts: Vec<&str> = corpus.iter().map(String::as_str).collect();
+        let model = small_model(&dir.path().join("model"), &texts, max_len, 1);
+        Fixture { data: DataDir::new(dir.path().join("data")), model, _dir: dir }
+    }
+
+    fn create(&self, name: &str, window_overlap: Option<usize>) -> Collection {
+        let encoder = Encoder::load(&self.model).unwrap();
+        let semantic = SemanticSettings {
+            model: encoder.record().clone(),
+            window_overlap,
+            hnsw: HnswSettings::default(),
+        };
+        self.data.create(name, AnalyzerSettings::default(), Some(semantic)).unwrap()
+    }
+}
+
+fn semantic_ids(collection: &Collection, query: &str, limit: usize) -> Vec<String> {
+    let hits = search(collection, &SearchRequest::new(query, Mode::Semantic, limit)).unwrap();
+    hits.into_iter().map(|hit| hit.id).collect()
+}
+
+fn ingest_texts(collection: &mut Collection) {
+    let documents: Vec<_> =
+        texts().iter().enumerate().map(|(i, text)| document(&format!("d{i}"), text)).collect();
+    collection.ingest(documents, || {}).unwrap();
+}
+
+/// The rule every committed state keeps: a vector for each stored document and none other.
+fn assert_consistent(collection: &Collection) {
+    assert_eq!(collection.document_ids().unwrap(), collection.vector_document_ids());
+}
+
+#[test]
+fn each_document_is_found_by_its_own_text_in_both_modes() {
+    let fixture = Fixture::new(64);
+    let mut collection = fixture.create("docs", None);
+    ingest_texts(&mut collection);
+    assert_eq!((collection.document_count(), collection.vector_count()), (20, 20));
+    for (i, text) in texts().iter().enumerate() {
+        let hits = search(&collection, &SearchRequest::new(text, Mode::Semantic, 3)).unwrap();
+        assert_eq!(hits[0].id, format!("d{i}"));
+        assert!((hits[0].score - 1.0).abs() < 1e-4, "{}", hits[0].score);
+        assert_eq!(hits[0].snippet.as_deref().map(|s| !s.is_empty()), Some(true));
+    }
+    let mut page = SearchRequest::new(&texts()[0], Mode::Semantic, 2);
+    page.offset = 1;
+    assert_eq!(search(&collection, &page).unwrap().len(), 2);
+    assert_eq!(semantic_ids(&collection, &texts()[0], 100).len(), 20);
+    assert!(semantic_ids(&collection, "  ", 10).is_empty());
+    let keyword = search(&collection, &SearchRequest::new("vitamin", Mode::Keyword, 10)).unwrap();
+    assert!(!keyword.is_empty());
+
+    let reopened = fixture.data.open("docs").unwrap();
+    assert_eq!(semantic_ids(&reopened, &texts()[5], 1), ["d5"]);
+    assert_consistent(&reopened);
+}
+
+#[test]
+fn reindexing_replaces_vectors_and_delete_removes_from_both_indexes() {
+    let fixture = Fixture::new(64);
+    let mut collection = fixture.create("docs", None);
+    ingest_texts(&mut collection);
+    let new_text = "gene mouse tumor dose heat flow";
+    collection.ingest([document("d0", new_text)], || {}).unwrap();
+    assert_eq!((collection.document_count(), collection.vector_count()), (20, 20));
+    assert_eq!(semantic_ids(&collection, new_text, 1), ["d0"]);
+    assert_ne!(semantic_ids(&collection, &texts()[0], 1), ["d0"]);
+
+    assert_eq!(collection.delete(&["d1", "d2", "d1"]).unwrap(), 2);
+    for query in [&texts()[1], &texts()[2]] {
+        assert!(!semantic_ids(&collection, query, 20).iter().any(|id| id == "d1" || id == "d2"));
+    }
+    let keyword = search(&collection, &SearchRequest::new(&texts()[1], Mode::Keyword, 100));
+    assert!(!keyword.unwrap().iter().any(|hit| hit.id == "d1"));
+    assert_consistent(&collection);
+
+    let error = collection.delete(&["d3", "nope"]).unwrap_err().to_string();
+    assert!(error.contains("no document with id nope"), "{error}");
+    assert_eq!(collection.document_count(), 18, "a failed delete removed something");
+    let reopened = fixture.data.open("docs").unwrap();
+    assert_eq!((reopened.document_count(), reopened.vector_count()), (18, 18));
+    assert_consistent(&reopened);
+}
+
+#[test]
+fn tombstones_are_compacted_past_the_threshold_and_on_request() {
+    let fixture = Fixture::new(64);
+    let mut collection = fixture.create("docs", None);
+    ingest_texts(&mut collection);
+    // 4 of 24 slots dead: under the threshold, so they stay until asked.
+    let again: Vec<_> = (0..4).map(|i| document(&format!("d{i}"), &texts()[i])).collect();
+    collection.ingest(again, || {}).unwrap();
+    let summary = collection.compact().unwrap();
+    assert_eq!((summary.removed, summary.vector_count), (4, 20));
+    // 10 of 30 dead: past it, compacted by the ingest itself.
+    let again: Vec<_> = (0..10).map(|i| document(&format!("d{i}"), &texts()[i])).collect();
+    collection.ingest(again, || {}).unwrap();
+    assert_eq!(collection.compact().unwrap().removed, 0);
+    for (i, text) in texts().iter().enumerate() {
+        assert_eq!(semantic_ids(&collection, text, 1), [format!("d{i}")]);
+    }
+    assert_consistent(&fixture.data.open("docs").unwrap());
+}
+
+#[test]
+fn a_failed_ingest_changes_neither_index() {
+    let fixture = Fixture::new(64);
+    let mut collection = fixture.create("docs", None);
+    ingest_texts(&mut collection);
+    let generations =
+        || std::fs::read_dir(collection_dir(&fixture, "docs").join("vectors")).unwrap().count();
+    let bad: IndexError = cloze_corpus::read_queries("/nonexistent.tsv").unwrap_err().into();
+    let documents: Vec<_> =
+        (0..700).map(|i| document(&format!("new{i}"), "river bridge")).chain([Err(bad)]).collect();
+    assert!(collection.ingest(documents, || {}).is_err());
+    assert_eq!((collection.document_count(), collection.vector_count()), (20, 20));
+    assert!(semantic_ids(&collection, "river bridge", 30).iter().all(|id| id.starts_with('d')));
+    assert_eq!(generations(), 1);
+    let reopened = fixture.data.open("docs").unwrap();
+    assert_eq!(reopened.vector_count(), 20);
+    assert_consistent(&reopened);
+}
+
+fn collection_dir(fixture: &Fixture, name: &str) -> PathBuf {
+    fixture.data.path().join(name)
+}
+
+#[test]
+fn another_model_a_wrong_dimension_or_no_model_is_refused() {
+    let fixture = Fixture::new(64);
+    let collection = fixture.create("docs", None);
+    let corpus = texts();
+    let texts: Vec<&str> = corpus.iter().map(String::as_str).collect();
+    let other_dir = fixture.data.path().parent().unwrap().join("other");
+    let other = Encoder::load(&small_model(&other_dir, &texts, 64, 2)).unwrap();
+    let error = collection.use_encoder(other).unwrap_err().to_string();
+    assert!(error.contains("vectors of different models cannot be compared"), "{error}");
+
+    let error = collection.nearest(&[0.5; 7], 10, None).unwrap_err().to_string();
+    assert_eq!(error, "a query vector has 7 dimensions; collection \"docs\" holds 32");
+
+    let keyword_only = fixture.data.create("plain", AnalyzerSettings::default(), None).unwrap();
+    let error = search(&keyword_only, &SearchRequest::new("x", Mode::Semantic, 10)).unwrap_err();
+    assert!(error.to_string().contains("has no vectors"), "{error}");
+}
+
+#[test]
+fn long_documents_get_a_vector_per_window() {
+    let fixture = Fixture::new(16);
+    let mut windowed = fixture.create("windowed", Some(4));
+    let long_text = texts().join(" ");
+    let short_text = &texts()[3];
+    windowed.ingest([document("long", &long_text), document("short", short_text)], || {}).unwrap();
+    let tokenizer = cloze_mlm::load_tokenizer(&fixture.model).unwrap();
+    let tokens = tokenizer.encode(long_text.as_str(), false).unwrap().get_ids().len();
+    // 14 tokens a window besides [CLS] and [SEP], each starting 10 after the one before.
+    let windows = 1 + (tokens - 14).div_ceil(10);
+    assert_eq!(windowed.vector_count() as usize, windows + 1);
+    let hits = search(&windowed, &SearchRequest::new(short_text, Mode::Semantic, 2)).unwrap();
+    assert_eq!(hits[0].id, "short");
+    assert!((hits[0].score - 1.0).abs() < 1e-4);
+    // Every window belongs to the one long document: it appears once.
+    assert_eq!(semantic_ids(&windowed, &long_text, 10), ["long", "short"]);
+
+    let mut truncated = fixture.create("truncated", None);
+    truncated.ingest([document("long", &long_text)], || {}).unwrap();
+    assert_eq!(truncated.vector_count(), 1);
+}
+
+#[test]
+fn broken_model_folders_and_odd_documents() {
+    let fixture = Fixture::new(64);
+    let broken = fixture.data.path().parent().unwrap().join("broken");
+    copy_dir(&fixture.model, &broken);
+    std::fs::remove_file(broken.join("tokenizer.json")).unwrap();
+    let error = format!("{:#}", Encoder::load(&broken).err().unwrap());
+    assert!(error.contains("tokenizer.json"), "{error}");
+
+    copy_dir(&fixture.model, &broken);
+    std::fs::write(broken.join("model.safetensors"), b"not a safetensors file").unwrap();
+    let error = format!("{:#}", Encoder::load(&broken).err().unwrap());
+    assert!(error.contains("model.safetensors"), "{error}");
+
+    let mut collection = fixture.create("docs", None);
+    let huge = "vitamin ".repeat(50_000);
+    collection.ingest([document("empty", ""), document("huge", &huge)], || {}).unwrap();
+    assert_eq!(collection.vector_count(), 2);
+    assert_eq!(semantic_ids(&collection, &huge, 1), ["huge"]);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
