@@ -366,6 +366,11 @@ fn train_a_tiny_encoder_then_embed_with_it() {
         (config["hidden_size"].as_u64(), config["architectures"][0].as_str()),
         (Some(32), Some("BertForMaskedLM"))
     );
+    let sentence_bert: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("sentence_bert_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sentence_bert["max_seq_length"], 32, "embed at the training length");
     let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(log.lines().filter(|line| line.contains("\"loss\"")).count(), 4);
     assert!(log.contains("eval_accuracy") && log.contains("tokens_per_second"));
@@ -398,4 +403,106 @@ fn train_a_tiny_encoder_then_embed_with_it() {
     let missing =
         ws.fails(&["embed", "--model", path(&ws.dir.path().join("nope")), "--input", path(&docs)]);
     assert!(missing.contains("config.json"), "{missing}");
+}
+
+#[test]
+fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
+    let ws = Workspace::new();
+    let corpus = ws.file("corpus.jsonl", CORPUS);
+    let texts: Vec<String> = CORPUS
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap()["text"].to_string())
+        .collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let model = cloze_tests::small_model(&ws.dir.path().join("model"), &texts, 64, 1);
+    let other = cloze_tests::small_model(&ws.dir.path().join("other"), &texts, 64, 2);
+    let out = ws.ok(&[
+        "index",
+        "--collection",
+        "energy",
+        "--corpus",
+        path(&corpus),
+        "--model",
+        path(&model),
+    ]);
+    assert!(out.contains("holds 3 documents and 3 vectors"), "{out}");
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(ws.data_dir().join("energy/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["semantic"]["model"]["dimension"], 32);
+    assert_eq!(manifest["semantic"]["hnsw"]["m"], 16);
+
+    let query = "Bread needs flour, water and time.";
+    let hits = ws.json(&[
+        "search",
+        "--collection",
+        "energy",
+        "--mode",
+        "semantic",
+        "--ef-search",
+        "20",
+        "--json",
+        query,
+    ]);
+    let hits = hits["hits"].as_array().unwrap();
+    assert_eq!((hits.len(), hits[0]["id"].as_str()), (3, Some("d3")));
+    assert_eq!(hits[0]["title"], "Cooking");
+
+    let queries = ws.file("queries.tsv", &format!("q1\t{query}\n"));
+    let qrels = ws.file("qrels.tsv", "query-id\tcorpus-id\tscore\nq1\td3\t1\n");
+    let report = ws.json(&[
+        "eval",
+        "--collection",
+        "energy",
+        "--queries",
+        path(&queries),
+        "--qrels",
+        path(&qrels),
+        "--mode",
+        "semantic",
+        "--json",
+    ]);
+    assert_eq!(report["mrr@10"], 1.0);
+    assert_eq!(report["settings"]["semantic"]["model"]["pooling"], "mean");
+    assert_eq!(report["settings"]["ef_search"], 100);
+
+    // Another model is refused, and nothing changes.
+    let error = ws.fails(&[
+        "index",
+        "--collection",
+        "energy",
+        "--corpus",
+        path(&corpus),
+        "--model",
+        path(&other),
+    ]);
+    assert!(error.contains("different models cannot be compared"), "{error}");
+    let error = ws.fails(&["delete", "--collection", "energy", "--id", "d1", "--id", "d9"]);
+    assert!(error.contains("no document with id d9"), "{error}");
+    let out = ws.ok(&["delete", "--collection", "energy", "--id", "d3"]);
+    assert!(out.contains("removed 1 documents") && out.contains("now holds 2"), "{out}");
+    let ids = ws.json(&["search", "--collection", "energy", "--mode", "semantic", "--json", query]);
+    assert_eq!(ids["hits"].as_array().unwrap().len(), 2);
+    // One dead vector of three is past the threshold: the delete compacted already.
+    let out = ws.ok(&["compact", "--collection", "energy"]);
+    assert!(out.contains("dropped 0 dead vectors, 2 remain"), "{out}");
+
+    let plain = ws.file("plain.jsonl", CORPUS);
+    ws.ok(&["index", "--collection", "plain", "--corpus", path(&plain)]);
+    let error = ws.fails(&["search", "--collection", "plain", "--mode", "semantic", "x"]);
+    assert!(error.contains("has no vectors: create it with a model"), "{error}");
+    let error = ws.fails(&[
+        "index",
+        "--collection",
+        "new",
+        "--corpus",
+        path(&corpus),
+        "--model",
+        "/nonexistent",
+    ]);
+    assert!(error.contains("--model /nonexistent"), "{error}");
+    let error = ws.fails(&["index", "--collection", "new", "--corpus", path(&corpus), "--windows"]);
+    assert!(error.contains("--model"), "{error}");
+    assert!(!ws.data_dir().join("new").exists());
 }

@@ -1,0 +1,32 @@
+"""sentence-transformers embedding the same documents as Cloze, for benches/embed_reference.rs.
+
+Usage: python embed_reference.py MODEL_DIR TEXTS_JSONL OUT_VECTORS_F32
+Prints one JSON line: documents/s (median of the timed passes) and the settings used.
+"""
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+torch.set_num_threads(int(__import__("os").environ.get("CLOZE_THREADS", "2")))
+from sentence_transformers import SentenceTransformer  # noqa: E402
+
+model_dir, texts_file, out_file = sys.argv[1:4]
+texts = [json.loads(line)["text"] for line in open(texts_file, encoding="utf-8")]
+model = SentenceTransformer(model_dir, device="cpu")
+model.encode(texts[:64], batch_size=32)  # warm-up
+rates = []
+for _ in range(int(__import__("os").environ.get("CLOZE_PASSES", "1"))):
+    started = time.perf_counter()
+    vectors = model.encode(texts, batch_size=32, normalize_embeddings=True)
+    rates.append(len(texts) / (time.perf_counter() - started))
+np.asarray(vectors, dtype="<f4").tofile(out_file)
+print(json.dumps({
+    "documents_per_second": statistics.median(rates),
+    "max_seq_length": model.max_seq_length,
+    "threads": torch.get_num_threads(),
+    "torch": torch.__version__,
+}))

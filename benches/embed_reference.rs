@@ -1,0 +1,123 @@
+//! Embedding and indexing throughput against sentence-transformers on the same documents.
+//!
+//! `CLOZE_TORCH_PYTHON=PYTHON cargo bench -p cloze-benches --bench embed_reference -- MODEL_DIR
+//! COLLECTION [LIMIT]` takes the first LIMIT documents (default all) of a shared collection,
+//! and, in one run on this machine:
+//! - embeds them with Cloze's encoder (documents/s, embedding only);
+//! - indexes them into a fresh collection with that model, as `cloze index --model` does
+//!   (documents/s end to end: read, embed, tantivy, HNSW, commit);
+//! - has sentence-transformers (PyTorch, `embed_reference.py`) embed the same texts with the
+//!   same model, batch 32, 2 threads, and compares the vectors.
+//!
+//! The Python side needs `torch` and `sentence-transformers`: set `CLOZE_TORCH_PYTHON` to an
+//! interpreter that has them (default `python3`).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use cloze_corpus::{DocumentReader, FieldMapping};
+use cloze_index::{AnalyzerSettings, DataDir, Encoder, HnswSettings, SemanticSettings};
+use cloze_tests::beir_collection;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let (model_dir, name) = match &args[..] {
+        [model, name, ..] => (Path::new(model), name.clone()),
+        _ => panic!("usage: embed_reference MODEL_DIR COLLECTION [LIMIT]"),
+    };
+    let limit: usize = args.get(2).map_or(usize::MAX, |n| n.parse().expect("LIMIT is a number"));
+    let name: &'static str = Box::leak(name.into_boxed_str());
+    let corpus = beir_collection(name).corpus;
+    let documents: Vec<_> = DocumentReader::open(&corpus, FieldMapping::default())
+        .unwrap()
+        .take(limit)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let texts: Vec<String> = documents.iter().map(|d| d.searchable_text()).collect();
+    let tokens: usize = {
+        let tokenizer = cloze_mlm::load_tokenizer(model_dir).unwrap();
+        texts.iter().map(|t| tokenizer.encode(t.as_str(), true).unwrap().len()).sum()
+    };
+
+    let encoder = Encoder::load(model_dir).unwrap();
+    let max_len = encoder.record().max_len;
+    let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let ours: Vec<Vec<f32>> =
+        text_refs.chunks(512).flat_map(|chunk| encoder.encode(chunk).unwrap()).collect();
+    let embed_rate = texts.len() as f64 / started.elapsed().as_secs_f64();
+
+    let dir = tempfile::tempdir().unwrap();
+    let semantic = SemanticSettings {
+        model: encoder.record().clone(),
+        window_overlap: None,
+        hnsw: HnswSettings::default(),
+    };
+    let mut collection =
+        DataDir::new(dir.path()).create(name, AnalyzerSettings::default(), Some(semantic)).unwrap();
+    collection.use_encoder(encoder).unwrap();
+    let started = Instant::now();
+    collection.ingest(documents.into_iter().map(Ok::<_, cloze_index::IndexError>), || {}).unwrap();
+    let index_rate = texts.len() as f64 / started.elapsed().as_secs_f64();
+
+    let texts_file = dir.path().join("texts.jsonl");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&texts_file).unwrap());
+    for text in &texts {
+        writeln!(out, "{}", serde_json::json!({ "text": text })).unwrap();
+    }
+    drop(out);
+    let vectors_file = dir.path().join("reference.f32");
+    let python = std::env::var("CLOZE_TORCH_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("embed_reference.py");
+    let output = Command::new(&python)
+        .arg(script)
+        .arg(model_dir)
+        .arg(&texts_file)
+        .arg(&vectors_file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{python} embed_reference.py failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let reference: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let theirs: Vec<f32> = std::fs::read(&vectors_file)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let dimension = ours[0].len();
+    let cosines: Vec<f32> = ours
+        .iter()
+        .zip(theirs.chunks_exact(dimension))
+        .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum())
+        .collect();
+    let lowest = cosines.iter().copied().fold(f32::INFINITY, f32::min);
+    let reference_rate = reference["documents_per_second"].as_f64().unwrap();
+
+    println!(
+        "{name}: {} documents, {:.0} tokens each on average (max_len {max_len}; \
+         sentence-transformers {})",
+        texts.len(),
+        tokens as f64 / texts.len() as f64,
+        reference["max_seq_length"]
+    );
+    println!("{:<44}  documents/s", "");
+    println!("{:<44}  {embed_rate:>11.1}", "Cloze, embedding only");
+    println!("{:<44}  {index_rate:>11.1}", "Cloze, cloze index --model (end to end)");
+    println!("{:<44}  {reference_rate:>11.1}", "sentence-transformers, embedding only");
+    println!(
+        "ratio (Cloze / sentence-transformers, embedding): {:.2}",
+        embed_rate / reference_rate
+    );
+    println!("lowest cosine between the two embeddings of a document: {lowest:.6}");
+    println!(
+        "{}",
+        serde_json::json!({"collection": name, "documents": texts.len(), "model": model_dir,
+            "cloze_embed_per_s": embed_rate, "cloze_index_per_s": index_rate,
+            "reference": reference, "lowest_cosine": lowest})
+    );
+}
