@@ -449,7 +449,7 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
     assert_eq!((hits.len(), hits[0]["id"].as_str()), (3, Some("d3")));
     assert_eq!(hits[0]["title"], "Cooking");
 
-    let queries = ws.file("queries.tsv", &format!("q1\t{query}\n"));
+    let queries = ws.file("queries.tsv", format!("q1\t{query}\n"));
     let qrels = ws.file("qrels.tsv", "query-id\tcorpus-id\tscore\nq1\td3\t1\n");
     let report = ws.json(&[
         "eval",
