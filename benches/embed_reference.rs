@@ -22,6 +22,7 @@ use cloze_index::{AnalyzerSettings, DataDir, Encoder, HnswSettings, SemanticSett
 use cloze_tests::beir_collection;
 
 fn main() {
+    cloze_mlm::allocator::reuse_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let (model_dir, name) = match &args[..] {
         [model, name, ..] => (Path::new(model), name.clone()),

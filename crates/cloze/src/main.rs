@@ -51,6 +51,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    cloze_mlm::allocator::reuse_freed_memory();
     let cli = Cli::parse();
     let default_level = match cli.verbose {
         0 => "warn",

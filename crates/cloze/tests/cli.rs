@@ -490,6 +490,10 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
 
     let plain = ws.file("plain.jsonl", CORPUS);
     ws.ok(&["index", "--collection", "plain", "--corpus", path(&plain)]);
+    let listing = ws.json(&["collections", "--json"]);
+    assert_eq!(listing["collections"][0]["vectors"], 2);
+    assert_eq!(listing["collections"][0]["model"], path(&model));
+    assert_eq!(listing["collections"][1]["model"], Value::Null);
     let error = ws.fails(&["search", "--collection", "plain", "--mode", "semantic", "x"]);
     assert!(error.contains("has no vectors: create it with a model"), "{error}");
     let error = ws.fails(&[

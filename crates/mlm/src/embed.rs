@@ -62,9 +62,14 @@ pub struct Embedder {
     device: Device,
 }
 
-/// Texts per forward pass by default: large enough to keep the matrix products busy, small
-/// enough that one long batch does not hold much memory.
+/// Texts per forward pass by default: large enough to keep the matrix products busy.
 pub const DEFAULT_BATCH_SIZE: usize = 32;
+
+/// The most bytes one batch's attention scores (`rows x heads x length x length` floats) may
+/// take: long texts go in smaller batches. Larger tensors are fresh memory maps that the kernel
+/// must zero on every use, which cost more than the matrix products themselves; see
+/// [`crate::allocator`].
+const ATTENTION_BYTES: usize = 24 << 20;
 
 /// Reads an optional JSON settings file of the model folder.
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>, EmbedError> {
@@ -212,13 +217,26 @@ impl Embedder {
     fn embed_sequences(&self, sequences: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut order: Vec<usize> = (0..sequences.len()).collect();
         order.sort_by_key(|&i| sequences[i].len());
+        let heads = self.model.config().num_attention_heads;
         let mut vectors = vec![Vec::new(); sequences.len()];
-        for batch in order.chunks(self.batch_size) {
+        let mut start = 0;
+        while start < order.len() {
+            // Sorted by length, so the batch's last sequence is its longest.
+            let mut end = start + 1;
+            while end < order.len() && end - start < self.batch_size {
+                let length = sequences[order[end]].len();
+                if (end - start + 1) * heads * length * length * 4 > ATTENTION_BYTES {
+                    break;
+                }
+                end += 1;
+            }
+            let batch = &order[start..end];
             let batch_sequences: Vec<&[u32]> =
                 batch.iter().map(|&i| sequences[i].as_slice()).collect();
             for (&i, vector) in batch.iter().zip(self.embed_batch(&batch_sequences)?) {
                 vectors[i] = vector;
             }
+            start = end;
         }
         Ok(vectors)
     }

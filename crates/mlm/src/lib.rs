@@ -3,6 +3,7 @@
 //! [`BertForMaskedLm`] is a BERT encoder with its MLM head in Hugging Face's layout;
 //! [`Masker`] implements the cloze objective; [`mlm_loss`] ties them together.
 
+pub mod allocator;
 mod checkpoint;
 mod config;
 mod data;

@@ -2,10 +2,11 @@ use anyhow::Result;
 use clap::Args;
 use cloze_index::DataDir;
 
-/// List the collections in the data folder, with their document counts.
+/// List the collections in the data folder, with their document and vector counts and model.
 #[derive(Debug, Args)]
 pub struct CollectionsArgs {
-    /// Print JSON: `{"collections": [{"name", "documents"}]}`.
+    /// Print JSON: `{"collections": [{"name", "documents", "vectors", "model"}]}` (`model` is
+    /// the model folder, or null for a keyword-only collection).
     #[arg(long)]
     json: bool,
 }
@@ -14,21 +15,26 @@ pub fn run(data_dir: &DataDir, args: CollectionsArgs) -> Result<()> {
     let mut rows = Vec::new();
     for name in data_dir.collection_names()? {
         let collection = data_dir.open(&name)?;
-        rows.push((name, collection.document_count()));
+        let model = collection.manifest().semantic.as_ref().map(|s| s.model.path.clone());
+        rows.push((name, collection.document_count(), collection.vector_count(), model));
     }
     if args.json {
         let collections: Vec<_> = rows
             .iter()
-            .map(|(name, count)| serde_json::json!({"name": name, "documents": count}))
+            .map(|(name, documents, vectors, model)| {
+                serde_json::json!({"name": name, "documents": documents, "vectors": vectors,
+                    "model": model})
+            })
             .collect();
         println!("{}", serde_json::json!({ "collections": collections }));
     } else if rows.is_empty() {
         println!("no collections in {}", data_dir.path().display());
     } else {
-        let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0).max(10);
-        println!("{:<width$}  documents", "collection");
-        for (name, count) in rows {
-            println!("{name:<width$}  {count:>9}");
+        let width = rows.iter().map(|(name, ..)| name.len()).max().unwrap_or(0).max(10);
+        println!("{:<width$}  documents    vectors  model", "collection");
+        for (name, documents, vectors, model) in rows {
+            let model = model.map_or("(keyword only)".to_string(), |m| m.display().to_string());
+            println!("{name:<width$}  {documents:>9}  {vectors:>9}  {model}");
         }
     }
     Ok(())

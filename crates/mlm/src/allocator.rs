@@ -1,0 +1,19 @@
+//! Process-wide memory allocator settings for running the model on the CPU.
+//!
+//! Every tensor operation allocates its result. With glibc's defaults, blocks above a moving
+//! threshold are fresh memory maps and freed heap tops are returned to the system, so the
+//! kernel zeroes the same pages again for every batch: profiling `cloze embed` showed half the
+//! time in the kernel's `clear_page`. Keeping blocks up to 32 MiB (glibc's ceiling) on the heap
+//! and never trimming it makes a batch reuse the memory of the one before.
+
+/// Keeps freed memory for reuse instead of returning it to the system. Call it once, early, in
+/// a program (not a library) that runs the model; the resident size then stays at its peak.
+/// Does nothing where the C library is not glibc.
+pub fn reuse_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
