@@ -7,7 +7,7 @@
 //! <out>/metrics.jsonl                  one line per step and per evaluation
 //! <out>/checkpoints/step-N/            model, optimizer moments, trainer state
 //! <out>/config.json, model.safetensors the final model, in the Hugging Face layout
-//! <out>/sentence_bert_config.json      its text length (the training length), for embedders
+//! <out>/sentence_bert_config.json      from scratch: its text length (the training length)
 //! ```
 //! Resuming reloads the latest checkpoint: weights, optimizer moments, step, data position and
 //! the generator, so the continued run takes exactly the steps the uninterrupted one would.
@@ -428,12 +428,15 @@ pub fn train(
     if state.step == settings.max_steps {
         checkpoint::save(&model, out)?;
         tokenizer::save_tokenizer(&tokenizer, out)?;
-        // Positions past the training length never learnt anything: tell embedders (ours and
-        // sentence-transformers) to stop there, as they read this file first.
+        // Positions past the training length of a model trained from scratch never learnt
+        // anything: tell embedders (ours and sentence-transformers) to stop there, as they
+        // read this file first. A model continued from a checkpoint keeps its own length.
         let path = out.join("sentence_bert_config.json");
-        let settings_json =
-            serde_json::json!({"max_seq_length": settings.max_len, "do_lower_case": false});
-        std::fs::write(&path, settings_json.to_string() + "\n").map_err(io_error(&path))?;
+        if options.init.is_none() && !path.exists() {
+            let settings_json =
+                serde_json::json!({"max_seq_length": settings.max_len, "do_lower_case": false});
+            std::fs::write(&path, settings_json.to_string() + "\n").map_err(io_error(&path))?;
+        }
     }
     match last_evaluation {
         Some(evaluation) => Ok(evaluation),
