@@ -4,6 +4,7 @@ Usage: python embed_reference.py MODEL_DIR TEXTS_JSONL OUT_VECTORS_F32
 Prints one JSON line: documents/s (median of the timed passes) and the settings used.
 """
 import json
+import os
 import statistics
 import sys
 import time
@@ -11,15 +12,21 @@ import time
 import numpy as np
 import torch
 
-torch.set_num_threads(int(__import__("os").environ.get("CLOZE_THREADS", "2")))
+torch.set_num_threads(int(os.environ.get("CLOZE_THREADS", "2")))
 from sentence_transformers import SentenceTransformer  # noqa: E402
 
 model_dir, texts_file, out_file = sys.argv[1:4]
 texts = [json.loads(line)["text"] for line in open(texts_file, encoding="utf-8")]
 model = SentenceTransformer(model_dir, device="cpu")
+# A folder without modules.json (a plain BERT, as `cloze train` writes) loads with the position
+# limit as its length; sentence_bert_config.json says the length the model was trained at, and
+# Cloze reads it, so give it to sentence-transformers too.
+settings = os.path.join(model_dir, "sentence_bert_config.json")
+if not os.path.exists(os.path.join(model_dir, "modules.json")) and os.path.exists(settings):
+    model.max_seq_length = json.load(open(settings))["max_seq_length"]
 model.encode(texts[:64], batch_size=32)  # warm-up
 rates = []
-for _ in range(int(__import__("os").environ.get("CLOZE_PASSES", "1"))):
+for _ in range(int(os.environ.get("CLOZE_PASSES", "1"))):
     started = time.perf_counter()
     vectors = model.encode(texts, batch_size=32, normalize_embeddings=True)
     rates.append(len(texts) / (time.perf_counter() - started))

@@ -37,13 +37,16 @@ fn main() {
         .collect::<Result<_, _>>()
         .unwrap();
     let texts: Vec<String> = documents.iter().map(|d| d.searchable_text()).collect();
-    let tokens: usize = {
-        let tokenizer = cloze_mlm::load_tokenizer(model_dir).unwrap();
-        texts.iter().map(|t| tokenizer.encode(t.as_str(), true).unwrap().len()).sum()
-    };
-
     let encoder = Encoder::load(model_dir).unwrap();
     let max_len = encoder.record().max_len;
+    // Tokens the model reads: the text's own, up to the model's length (tokenizer.json's own
+    // truncation, e.g. all-MiniLM-L6-v2's 128, is not what the embedders use).
+    let tokens: usize = {
+        let mut tokenizer = cloze_mlm::load_tokenizer(model_dir).unwrap();
+        tokenizer.with_truncation(None).unwrap();
+        texts.iter().map(|t| tokenizer.encode(t.as_str(), true).unwrap().len().min(max_len)).sum()
+    };
+
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
     let started = Instant::now();
     let ours: Vec<Vec<f32>> =
