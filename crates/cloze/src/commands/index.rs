@@ -39,8 +39,9 @@ pub struct IndexArgs {
     analyzer: Option<String>,
 
     /// Embed documents with this model folder (config.json, model.safetensors,
-    /// tokenizer.json) for semantic search. For an existing collection it must be the model the
-    /// collection was created with (its weights are compared).
+    /// tokenizer.json) for semantic search. A collection created with a model embeds later
+    /// ingests with it without this flag; given anyway, it must be that model (the weights are
+    /// compared).
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
 
