@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use clap::{ArgAction, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-/// Cloze: a self-hosted search engine. Put documents in a collection, search them by keywords
-/// or by meaning, measure the ranking against relevance judgments, and train an encoder on your
+/// Cloze: a self-hosted search engine. Put documents in a collection, search them by keywords,
+/// by meaning or both (hybrid), measure the ranking against relevance judgments, and train an encoder on your
 /// own text.
 ///
 /// Start with `cloze index --collection NAME --corpus corpus.jsonl` (add `--model DIR` for
@@ -43,6 +43,7 @@ enum Command {
     Index(commands::index::IndexArgs),
     Search(commands::search::SearchArgs),
     Eval(commands::eval::EvalArgs),
+    Tune(commands::tune::TuneArgs),
     Delete(commands::delete::DeleteArgs),
     Compact(commands::compact::CompactArgs),
     Collections(commands::collections::CollectionsArgs),
@@ -69,6 +70,7 @@ fn main() -> ExitCode {
         Command::Index(args) => commands::index::run(&data_dir, args),
         Command::Search(args) => commands::search::run(&data_dir, args),
         Command::Eval(args) => commands::eval::run(&data_dir, args),
+        Command::Tune(args) => commands::tune::run(&data_dir, args),
         Command::Delete(args) => commands::delete::run(&data_dir, args),
         Command::Compact(args) => commands::compact::run(&data_dir, args),
         Command::Collections(args) => commands::collections::run(&data_dir, args),

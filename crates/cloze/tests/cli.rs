@@ -467,6 +467,75 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
     assert_eq!(report["settings"]["semantic"]["model"]["pooling"], "mean");
     assert_eq!(report["settings"]["ef_search"], 100);
 
+    // Hybrid: both sides fused, each hit explaining its ranks; bad fusion flags are refused.
+    let hybrid = ws.json(&[
+        "search",
+        "--collection",
+        "energy",
+        "--mode",
+        "hybrid",
+        "--fusion",
+        "rrf",
+        "--json",
+        query,
+    ]);
+    let top = &hybrid["hits"][0];
+    assert_eq!(top["id"], "d3");
+    assert_eq!(top["explanation"]["keyword"]["rank"], 1);
+    assert_eq!(top["explanation"]["semantic"]["rank"], 1);
+    assert!((top["score"].as_f64().unwrap() - 2.0 / 61.0).abs() < 1e-6, "{top}");
+    let error =
+        ws.fails(&["search", "--collection", "energy", "--mode", "hybrid", "--alpha", "2", "x"]);
+    assert!(error.contains("--alpha 2: must be between 0 and 1"), "{error}");
+    let error = ws.fails(&[
+        "search",
+        "--collection",
+        "energy",
+        "--mode",
+        "hybrid",
+        "--fusion",
+        "rrf",
+        "--alpha",
+        "0.5",
+        "x",
+    ]);
+    assert!(error.contains("--alpha and --normalization are for --fusion convex"), "{error}");
+    let tuned = ws.json(&[
+        "tune",
+        "--collection",
+        "energy",
+        "--queries",
+        path(&queries),
+        "--qrels",
+        path(&qrels),
+        "--depths",
+        "3",
+        "--alphas",
+        "0,1",
+        "--rrf-ks",
+        "60",
+        "--json",
+    ]);
+    // 1 rrf + 2 alphas x 3 normalisations, and both sides find d3 first.
+    assert_eq!(tuned["settings"].as_array().unwrap().len(), 7, "{tuned}");
+    assert_eq!((tuned["keyword"].as_f64(), tuned["semantic"].as_f64()), (Some(1.0), Some(1.0)));
+    let report = ws.json(&[
+        "eval",
+        "--collection",
+        "energy",
+        "--queries",
+        path(&queries),
+        "--qrels",
+        path(&qrels),
+        "--mode",
+        "hybrid",
+        "--json",
+    ]);
+    assert_eq!(
+        report["settings"]["fusion"],
+        "convex alpha=0.8 normalization=theoretical depth=100"
+    );
+
     // Another model is refused, and nothing changes.
     let error = ws.fails(&[
         "index",

@@ -43,7 +43,13 @@ pub(crate) fn search(
     let mut hits: Vec<Hit> = top
         .iter()
         .zip(ids)
-        .map(|((score, _), id)| Hit { id, score: *score, title: None, snippet: None })
+        .map(|((score, _), id)| Hit {
+            id,
+            score: *score,
+            title: None,
+            snippet: None,
+            explanation: None,
+        })
         .collect();
     if request.with_documents {
         fill_documents(collection, &searcher, &mut hits, &addresses, &terms)?;

@@ -3,10 +3,17 @@
 //! A [`SearchRequest`] names the query text, the ranking mode and how many hits to return;
 //! [`search`] answers with ranked [`Hit`]s. Keyword mode is BM25 over each document's title and
 //! text, with the query analysed by the collection's own analyzer; semantic mode embeds the
-//! query with the collection's model and ranks documents by cosine similarity in its HNSW graph.
+//! query with the collection's model and ranks documents by cosine similarity in its HNSW graph;
+//! hybrid mode fuses the two rankings.
 
+mod hybrid;
 mod keyword;
 mod semantic;
+
+pub use hybrid::{
+    candidates, fuse, Candidates, Explanation, Fused, Fusion, FusionMethod, Normalization, Ranking,
+    SideScore,
+};
 
 use std::fmt;
 use std::str::FromStr;
@@ -22,15 +29,18 @@ pub enum Mode {
     Keyword,
     /// Cosine similarity of the query's and the documents' vectors (approximate, HNSW).
     Semantic,
+    /// Both rankings, fused (see [`Fusion`]).
+    Hybrid,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 2] = [Mode::Keyword, Mode::Semantic];
+    pub const ALL: [Mode; 3] = [Mode::Keyword, Mode::Semantic, Mode::Hybrid];
 
     pub fn name(self) -> &'static str {
         match self {
             Mode::Keyword => "keyword",
             Mode::Semantic => "semantic",
+            Mode::Hybrid => "hybrid",
         }
     }
 }
@@ -53,7 +63,7 @@ impl FromStr for Mode {
 }
 
 /// One search.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SearchRequest {
     pub query: String,
     pub mode: Mode,
@@ -67,6 +77,8 @@ pub struct SearchRequest {
     /// Semantic mode: HNSW candidates to consider, instead of the collection's ef_search.
     /// More is closer to exact search and slower.
     pub ef_search: Option<usize>,
+    /// Hybrid mode: how to fuse [default: `Fusion::default()`].
+    pub fusion: Option<Fusion>,
 }
 
 impl SearchRequest {
@@ -79,6 +91,7 @@ impl SearchRequest {
             offset: 0,
             with_documents: true,
             ef_search: None,
+            fusion: None,
         }
     }
 }
@@ -93,11 +106,14 @@ pub struct Hit {
     /// The passage of the text that best matches the query (the text's start if none does).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snippet: Option<String>,
+    /// Hybrid mode: each side's rank and score, and the fused score.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<Explanation>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SearchError {
-    #[error("unknown search mode \"{0}\": expected keyword or semantic")]
+    #[error("unknown search mode \"{0}\": expected keyword, semantic or hybrid")]
     UnknownMode(String),
     #[error(transparent)]
     Index(#[from] IndexError),
@@ -116,5 +132,6 @@ pub fn search(collection: &Collection, request: &SearchRequest) -> Result<Vec<Hi
     match request.mode {
         Mode::Keyword => keyword::search(collection, request),
         Mode::Semantic => semantic::search(collection, request),
+        Mode::Hybrid => hybrid::search(collection, request),
     }
 }

@@ -19,7 +19,13 @@ pub(crate) fn search(
     let mut hits: Vec<Hit> = neighbours
         .into_iter()
         .skip(request.offset)
-        .map(|n| Hit { id: n.id, score: n.similarity, title: None, snippet: None })
+        .map(|n| Hit {
+            id: n.id,
+            score: n.similarity,
+            title: None,
+            snippet: None,
+            explanation: None,
+        })
         .collect();
     if request.with_documents {
         let searcher = collection.searcher();

@@ -43,13 +43,16 @@ pub struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     qrels: PathBuf,
 
-    /// How to rank, when searching a collection: keyword or semantic.
+    /// How to rank, when searching a collection: keyword, semantic or hybrid.
     #[arg(long, default_value = "keyword", value_parser = parse_mode, conflicts_with = "run")]
     mode: Mode,
 
     /// Semantic mode: HNSW candidates per query [default: the collection's ef_search].
     #[arg(long, value_name = "N", conflicts_with = "run")]
     ef_search: Option<usize>,
+
+    #[command(flatten)]
+    fusion: crate::commands::fusion::FusionFlags,
 
     /// How many hits to retrieve per query (the deepest cutoff any metric can see).
     #[arg(long, default_value_t = 1000, conflicts_with = "run")]
@@ -72,7 +75,7 @@ pub struct EvalArgs {
     json: bool,
 }
 
-fn parse_metric(name: &str) -> Result<Metric, String> {
+pub(crate) fn parse_metric(name: &str) -> Result<Metric, String> {
     name.parse().map_err(|e: cloze_eval::ParseMetricError| e.to_string())
 }
 
@@ -131,7 +134,11 @@ fn search_judged_queries(
 ) -> Result<Run> {
     let collection = data_dir.open(collection)?;
     settings.insert("analyzer".into(), serde_json::to_value(&collection.manifest().analyzer)?);
-    if args.mode == Mode::Semantic {
+    let fusion = args.fusion.fusion()?;
+    if args.mode == Mode::Hybrid {
+        settings.insert("fusion".into(), json!(fusion.unwrap_or_default().to_string()));
+    }
+    if args.mode != Mode::Keyword {
         if let Some(semantic) = &collection.manifest().semantic {
             settings.insert("semantic".into(), serde_json::to_value(semantic)?);
             let ef_search = args.ef_search.unwrap_or(semantic.hnsw.ef_search);
@@ -153,6 +160,7 @@ fn search_judged_queries(
         let mut request = SearchRequest::new(texts[id].as_str(), args.mode, args.depth);
         request.with_documents = false;
         request.ef_search = args.ef_search;
+        request.fusion = fusion;
         let hits = search(&collection, &request).with_context(|| format!("query \"{id}\""))?;
         run.insert(id, hits.into_iter().map(|hit| (hit.id, f64::from(hit.score))).collect());
         progress.inc(1);

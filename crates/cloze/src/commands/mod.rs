@@ -4,6 +4,8 @@ pub mod delete;
 pub mod embed;
 pub mod eval;
 pub mod fields;
+pub mod fusion;
 pub mod index;
 pub mod search;
 pub mod train;
+pub mod tune;

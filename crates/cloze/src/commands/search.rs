@@ -10,14 +10,18 @@ pub struct SearchArgs {
     #[arg(long, value_name = "NAME")]
     collection: String,
 
-    /// How to rank: keyword (BM25 over title and text) or semantic (the collection's model
-    /// and vector index; the collection must have been indexed with --model).
+    /// How to rank: keyword (BM25 over title and text), semantic (the collection's model and
+    /// vector index; the collection must have been indexed with --model), or hybrid (both,
+    /// fused; --json shows each hit's rank and score on each side).
     #[arg(long, default_value = "keyword", value_parser = parse_mode)]
     mode: Mode,
 
     /// Semantic mode: HNSW candidates to consider [default: the collection's ef_search].
     #[arg(long, value_name = "N")]
     ef_search: Option<usize>,
+
+    #[command(flatten)]
+    fusion: crate::commands::fusion::FusionFlags,
 
     /// How many hits to show.
     #[arg(short = 'k', long = "limit", default_value_t = 10)]
@@ -44,6 +48,7 @@ pub fn run(data_dir: &DataDir, args: SearchArgs) -> Result<()> {
     let mut request = SearchRequest::new(args.query, args.mode, args.limit);
     request.offset = args.offset;
     request.ef_search = args.ef_search;
+    request.fusion = args.fusion.fusion()?;
     let hits = search(&collection, &request)?;
     if args.json {
         println!("{}", serde_json::json!({ "hits": hits }));
