@@ -451,18 +451,14 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
 
     let queries = ws.file("queries.tsv", format!("q1\t{query}\n"));
     let qrels = ws.file("qrels.tsv", "query-id\tcorpus-id\tscore\nq1\td3\t1\n");
-    let report = ws.json(&[
-        "eval",
-        "--collection",
-        "energy",
-        "--queries",
-        path(&queries),
-        "--qrels",
-        path(&qrels),
-        "--mode",
-        "semantic",
-        "--json",
-    ]);
+    let judged = |command: &str, mode_or_save: &[&str]| {
+        let mut args =
+            vec![command, "--collection", "energy", "--queries", path(&queries), "--qrels"];
+        args.extend([path(&qrels), "--json"]);
+        args.extend(mode_or_save);
+        ws.json(&args)
+    };
+    let report = judged("eval", &["--mode", "semantic"]);
     assert_eq!(report["mrr@10"], 1.0);
     assert_eq!(report["settings"]["semantic"]["model"]["pooling"], "mean");
     assert_eq!(report["settings"]["ef_search"], 100);
@@ -500,41 +496,19 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
         "x",
     ]);
     assert!(error.contains("--alpha and --normalization are for --fusion convex"), "{error}");
-    let tuned = ws.json(&[
-        "tune",
-        "--collection",
-        "energy",
-        "--queries",
-        path(&queries),
-        "--qrels",
-        path(&qrels),
-        "--depths",
-        "3",
-        "--alphas",
-        "0,1",
-        "--rrf-ks",
-        "60",
-        "--json",
-    ]);
+    let tuned = judged("tune", &["--depths", "3", "--alphas", "0,1", "--rrf-ks", "60"]);
     // 1 rrf + 2 alphas x 3 normalisations, and both sides find d3 first.
     assert_eq!(tuned["settings"].as_array().unwrap().len(), 7, "{tuned}");
     assert_eq!((tuned["keyword"].as_f64(), tuned["semantic"].as_f64()), (Some(1.0), Some(1.0)));
-    let report = ws.json(&[
-        "eval",
-        "--collection",
-        "energy",
-        "--queries",
-        path(&queries),
-        "--qrels",
-        path(&qrels),
-        "--mode",
-        "hybrid",
-        "--json",
-    ]);
+    let report = judged("eval", &["--mode", "hybrid"]);
     assert_eq!(
         report["settings"]["fusion"],
         "convex alpha=0.8 normalization=theoretical depth=100"
     );
+    let saved = judged("tune", &["--depths", "2", "--alphas", "0.3", "--rrf-ks", "5", "--save"]);
+    assert_eq!(saved["saved"], "rrf k=5 depth=2", "{saved}");
+    let report = judged("eval", &["--mode", "hybrid"]);
+    assert_eq!(report["settings"]["fusion"], "rrf k=5 depth=2");
 
     // Another model is refused, and nothing changes.
     let error = ws.fails(&[

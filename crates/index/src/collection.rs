@@ -30,7 +30,7 @@ use tantivy::{
 use crate::analyzer::AnalyzerSettings;
 use crate::encoder::Encoder;
 use crate::error::IndexError;
-use crate::manifest::{Manifest, SemanticSettings};
+use crate::manifest::{FusionSettings, Manifest, SemanticSettings};
 use crate::vectors::{self, Neighbour, VectorIndex, VECTORS_DIR};
 
 const TANTIVY_DIR: &str = "tantivy";
@@ -360,6 +360,15 @@ impl Collection {
         // Another thread may have loaded the same model meanwhile: either copy will do.
         let _ = self.encoder.set(encoder);
         Ok(())
+    }
+
+    /// Makes `fusion` the collection's default hybrid fusion (or clears it), saved in the
+    /// manifest. Takes the write lock, so it cannot interleave with a write.
+    pub fn set_default_fusion(&mut self, fusion: Option<FusionSettings>) -> Result<(), IndexError> {
+        self.semantic()?;
+        let _lock = self.writer()?;
+        self.manifest.fusion = fusion;
+        self.manifest.save(&self.dir)
     }
 
     fn semantic(&self) -> Result<&SemanticSettings, IndexError> {

@@ -17,5 +17,5 @@ pub use analyzer::{analyze, AnalyzerSettings};
 pub use collection::{Collection, CompactSummary, DataDir, Fields, IngestSummary};
 pub use encoder::{Encoder, ModelRecord};
 pub use error::IndexError;
-pub use manifest::{HnswSettings, Manifest, SemanticSettings, FORMAT_VERSION};
+pub use manifest::{FusionSettings, HnswSettings, Manifest, SemanticSettings, FORMAT_VERSION};
 pub use vectors::Neighbour;

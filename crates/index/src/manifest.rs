@@ -15,7 +15,7 @@ pub const FORMAT_VERSION: u32 = 2;
 
 pub(crate) const MANIFEST_FILE: &str = "manifest.json";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format_version: u32,
@@ -26,6 +26,25 @@ pub struct Manifest {
     /// searches; fixed when the collection is created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub semantic: Option<SemanticSettings>,
+    /// The hybrid fusion searches use unless they ask for another (saved by `cloze tune
+    /// --save`); the search crate interprets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion: Option<FusionSettings>,
+}
+
+/// A hybrid fusion setting as stored: `method` "rrf" (with `k`) or "convex" (with `alpha` and
+/// `normalization`), and candidates per side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FusionSettings {
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalization: Option<String>,
+    pub depth: usize,
 }
 
 /// How a collection's documents become vectors and how the vectors are searched.
@@ -73,7 +92,13 @@ impl HnswSettings {
 
 impl Manifest {
     pub(crate) fn new(analyzer: AnalyzerSettings, semantic: Option<SemanticSettings>) -> Manifest {
-        Manifest { format_version: FORMAT_VERSION, analyzer, document_count: 0, semantic }
+        Manifest {
+            format_version: FORMAT_VERSION,
+            analyzer,
+            document_count: 0,
+            semantic,
+            fusion: None,
+        }
     }
 
     pub(crate) fn path(collection_dir: &Path) -> PathBuf {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
-use cloze_index::Collection;
+use cloze_index::{Collection, FusionSettings};
 use serde::Serialize;
 
 use crate::keyword::fill_documents;
@@ -77,6 +77,52 @@ impl Default for Fusion {
             method: FusionMethod::Convex { alpha: 0.8, normalization: Normalization::Theoretical },
             depth: 100,
         }
+    }
+}
+
+impl Fusion {
+    /// The fusion a hybrid search of `collection` uses when it asks for none: the collection's
+    /// saved default (`cloze tune --save`), else [`Fusion::default`].
+    pub fn default_for(collection: &Collection) -> Result<Fusion, SearchError> {
+        match &collection.manifest().fusion {
+            Some(settings) => {
+                Fusion::from_settings(settings).map_err(|message| SearchError::InvalidFusion {
+                    origin: format!("the manifest of \"{}\"", collection.name()),
+                    message,
+                })
+            }
+            None => Ok(Fusion::default()),
+        }
+    }
+
+    /// The form a collection's manifest keeps.
+    pub fn to_settings(&self) -> FusionSettings {
+        let (method, k, alpha, normalization) = match self.method {
+            FusionMethod::Rrf { k } => ("rrf", Some(k), None, None),
+            FusionMethod::Convex { alpha, normalization } => {
+                ("convex", None, Some(alpha), Some(normalization.name().to_string()))
+            }
+        };
+        FusionSettings { method: method.to_string(), k, alpha, normalization, depth: self.depth }
+    }
+
+    pub fn from_settings(settings: &FusionSettings) -> Result<Fusion, String> {
+        let method = match settings.method.as_str() {
+            "rrf" => FusionMethod::Rrf { k: settings.k.ok_or("rrf needs k")? },
+            "convex" => FusionMethod::Convex {
+                alpha: settings.alpha.ok_or("convex needs alpha")?,
+                normalization: settings
+                    .normalization
+                    .as_deref()
+                    .ok_or("convex needs normalization")?
+                    .parse()?,
+            },
+            other => return Err(format!("unknown fusion method \"{other}\"")),
+        };
+        if settings.depth == 0 {
+            return Err("depth must be at least 1".to_string());
+        }
+        Ok(Fusion { method, depth: settings.depth })
     }
 }
 
@@ -248,7 +294,10 @@ pub(crate) fn search(
     collection: &Collection,
     request: &SearchRequest,
 ) -> Result<Vec<Hit>, SearchError> {
-    let fusion = request.fusion.unwrap_or_default();
+    let fusion = match request.fusion {
+        Some(fusion) => fusion,
+        None => Fusion::default_for(collection)?,
+    };
     if request.limit == 0 {
         return Ok(Vec::new());
     }

@@ -77,7 +77,8 @@ pub struct SearchRequest {
     /// Semantic mode: HNSW candidates to consider, instead of the collection's ef_search.
     /// More is closer to exact search and slower.
     pub ef_search: Option<usize>,
-    /// Hybrid mode: how to fuse [default: `Fusion::default()`].
+    /// Hybrid mode: how to fuse [default: the collection's saved default, else
+    /// `Fusion::default()`].
     pub fusion: Option<Fusion>,
 }
 
@@ -117,6 +118,8 @@ pub enum SearchError {
     UnknownMode(String),
     #[error(transparent)]
     Index(#[from] IndexError),
+    #[error("invalid fusion settings in {origin}: {message}")]
+    InvalidFusion { origin: String, message: String },
     #[error(
         "collection \"{collection}\" has a vector for document {id} but no such document; \
          it may be changing under this search (retry), else compact it"

@@ -136,7 +136,11 @@ fn search_judged_queries(
     settings.insert("analyzer".into(), serde_json::to_value(&collection.manifest().analyzer)?);
     let fusion = args.fusion.fusion()?;
     if args.mode == Mode::Hybrid {
-        settings.insert("fusion".into(), json!(fusion.unwrap_or_default().to_string()));
+        let used = match fusion {
+            Some(fusion) => fusion,
+            None => cloze_search::Fusion::default_for(&collection)?,
+        };
+        settings.insert("fusion".into(), json!(used.to_string()));
     }
     if args.mode != Mode::Keyword {
         if let Some(semantic) = &collection.manifest().semantic {

@@ -18,7 +18,8 @@ use crate::progress;
 /// setting tried, then scores every combination of fusion method (reciprocal rank fusion with
 /// each --rrf-k; a convex combination with each --alpha and normalisation) and depth per side
 /// by --metric, and prints them best first. Tune on training queries and report on others:
-/// SciFact's qrels/train.tsv, not test.tsv.
+/// SciFact's qrels/train.tsv, not test.tsv. --save makes the best the collection's default
+/// for hybrid searches that name no fusion.
 #[derive(Debug, Args)]
 pub struct TuneArgs {
     /// The collection (it must have a model).
@@ -57,6 +58,10 @@ pub struct TuneArgs {
     #[arg(long, value_name = "N")]
     ef_search: Option<usize>,
 
+    /// Save the best setting as the collection's default hybrid fusion.
+    #[arg(long)]
+    save: bool,
+
     /// Print JSON: every setting with its score, best first.
     #[arg(long)]
     json: bool,
@@ -70,7 +75,7 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
     if let Some(alpha) = args.alphas.iter().find(|a| !(0.0..=1.0).contains(*a)) {
         bail!("--alphas: {alpha} is not between 0 and 1");
     }
-    let collection = data_dir.open(&args.collection)?;
+    let mut collection = data_dir.open(&args.collection)?;
     let qrels = Qrels::read(&args.qrels)?;
     let texts: HashMap<String, String> =
         cloze_corpus::read_queries(&args.queries)?.into_iter().map(|q| (q.id, q.text)).collect();
@@ -132,6 +137,13 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
         .collect();
     // Best first; among equals, the earlier (smaller, simpler) setting.
     results.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let saved = match (args.save, results.first()) {
+        (true, Some((best, _))) => {
+            collection.set_default_fusion(Some(best.to_settings()))?;
+            Some(best.to_string())
+        }
+        _ => None,
+    };
 
     if args.json {
         let rows: Vec<_> = results
@@ -142,7 +154,7 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
             "{}",
             serde_json::to_string_pretty(&json!({
                 "metric": args.metric.to_string(), "queries": sides.len(),
-                "keyword": keyword, "semantic": semantic, "settings": rows,
+                "keyword": keyword, "semantic": semantic, "settings": rows, "saved": saved,
             }))?
         );
         return Ok(());
@@ -154,6 +166,9 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
     println!("best fusion settings by {metric}:");
     for (fusion, value) in results.iter().take(args.top) {
         println!("  {value:.4}  {fusion}");
+    }
+    if let Some(saved) = saved {
+        println!("saved as the default fusion of \"{}\": {saved}", args.collection);
     }
     Ok(())
 }
