@@ -476,7 +476,7 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
         query,
     ]);
     let top = &hybrid["hits"][0];
-    assert_eq!(top["id"], "d3");
+    assert_eq!((top["id"].as_str(), top["title"].as_str()), (Some("d3"), Some("Cooking")));
     assert_eq!(top["explanation"]["keyword"]["rank"], 1);
     assert_eq!(top["explanation"]["semantic"]["rank"], 1);
     assert!((top["score"].as_f64().unwrap() - 2.0 / 61.0).abs() < 1e-6, "{top}");

@@ -11,7 +11,6 @@ use std::str::FromStr;
 use cloze_index::{Collection, FusionSettings};
 use serde::Serialize;
 
-use crate::keyword::fill_documents;
 use crate::{keyword, semantic, Hit, SearchError, SearchRequest};
 
 /// How each side's scores are put on a common scale before a convex combination.
@@ -315,18 +314,7 @@ pub(crate) fn search(
         })
         .collect();
     if request.with_documents {
-        let searcher = collection.searcher();
-        let mut addresses = Vec::with_capacity(hits.len());
-        for hit in &hits {
-            addresses.push(collection.address(&searcher, &hit.id)?.ok_or_else(|| {
-                SearchError::Inconsistent {
-                    collection: collection.name().to_string(),
-                    id: hit.id.clone(),
-                }
-            })?);
-        }
-        let terms = cloze_index::analyze(&mut collection.analyzer(), &request.query);
-        fill_documents(collection, &searcher, &mut hits, &addresses, &terms)?;
+        semantic::fill_documents_by_id(collection, &mut hits, &request.query)?;
     }
     Ok(hits)
 }

@@ -28,20 +28,28 @@ pub(crate) fn search(
         })
         .collect();
     if request.with_documents {
-        let searcher = collection.searcher();
-        let mut addresses = Vec::with_capacity(hits.len());
-        for hit in &hits {
-            // The vector index and the keyword index share their ids and commit together.
-            let address = collection.address(&searcher, &hit.id)?.ok_or_else(|| {
-                SearchError::Inconsistent {
-                    collection: collection.name().to_string(),
-                    id: hit.id.clone(),
-                }
-            })?;
-            addresses.push(address);
-        }
-        let terms = analyze(&mut collection.analyzer(), &request.query);
-        fill_documents(collection, &searcher, &mut hits, &addresses, &terms)?;
+        fill_documents_by_id(collection, &mut hits, &request.query)?;
     }
     Ok(hits)
+}
+
+/// Gives hits found by id (not through tantivy) their titles and snippets.
+pub(crate) fn fill_documents_by_id(
+    collection: &Collection,
+    hits: &mut [Hit],
+    query: &str,
+) -> Result<(), SearchError> {
+    let searcher = collection.searcher();
+    let mut addresses = Vec::with_capacity(hits.len());
+    for hit in hits.iter() {
+        // The vector index and the keyword index share their ids and commit together.
+        let address =
+            collection.address(&searcher, &hit.id)?.ok_or_else(|| SearchError::Inconsistent {
+                collection: collection.name().to_string(),
+                id: hit.id.clone(),
+            })?;
+        addresses.push(address);
+    }
+    let terms = analyze(&mut collection.analyzer(), query);
+    fill_documents(collection, &searcher, hits, &addresses, &terms)
 }
