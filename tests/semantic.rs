@@ -240,3 +240,36 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
+
+#[test]
+fn opening_while_another_writer_commits_sees_one_consistent_state() {
+    let fixture = Fixture::new(64);
+    let mut writer = fixture.create("docs", None);
+    ingest_texts(&mut writer);
+    let data = fixture.data.clone();
+    let reader = std::thread::spawn(move || {
+        let mut opened = 0;
+        for _ in 0..40 {
+            // Busy (commits kept coming during every attempt) is an honest answer; a mixed
+            // state is not.
+            match data.open("docs") {
+                Ok(collection) => {
+                    assert_consistent(&collection);
+                    opened += 1;
+                }
+                Err(IndexError::Busy(_)) => {}
+                Err(error) => panic!("{error}"),
+            }
+        }
+        assert!(opened > 0);
+    });
+    for round in 0..15 {
+        let documents: Vec<_> = (0..20)
+            .map(|i| document(&format!("r{round}-{i}"), &texts()[i]))
+            .chain([document(&format!("d{round}"), "river bridge engine")])
+            .collect();
+        writer.ingest(documents, || {}).unwrap();
+    }
+    reader.join().unwrap();
+    assert_consistent(&fixture.data.open("docs").unwrap());
+}

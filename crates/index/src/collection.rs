@@ -40,6 +40,8 @@ const ANALYZER_NAME: &str = "cloze";
 const WRITER_MEMORY: usize = 128 << 20;
 /// Documents embedded together: sorted by length within a chunk, so batches pad little.
 const EMBED_CHUNK: usize = 512;
+/// Opening retries this many times when writes keep committing under it.
+const OPEN_ATTEMPTS: usize = 10;
 /// A write that leaves more than this share of vector slots as tombstones compacts the graph.
 pub const COMPACT_THRESHOLD: f64 = 0.25;
 
@@ -270,20 +272,43 @@ impl Collection {
         let index = Index::open_in_dir(dir.join(TANTIVY_DIR)).map_err(tantivy_error)?;
         index.tokenizers().register(ANALYZER_NAME, manifest.analyzer.build());
         let fields = Fields::of(&index.schema()).map_err(tantivy_error)?;
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()
-            .map_err(tantivy_error)?;
-        let generation = committed_generation(&index, &dir)?;
-        let vectors = match &manifest.semantic {
-            Some(semantic) => Some(VectorIndex::load(
-                &dir.join(VECTORS_DIR),
-                generation,
-                semantic.model.dimension,
-                semantic.hnsw,
-            )?),
-            None => None,
+        // A writer in another process may commit while this opens: the tantivy reader and the
+        // vectors must come from the same commit. The generation read before loading the
+        // vectors and again after building the reader is the same only if no commit came in
+        // between; otherwise (or if the vectors were removed meanwhile) try again.
+        let mut attempts = 0;
+        let (reader, generation, vectors) = loop {
+            attempts += 1;
+            let generation = committed_generation(&index, &dir)?;
+            let vectors = match &manifest.semantic {
+                Some(semantic) => match VectorIndex::load(
+                    &dir.join(VECTORS_DIR),
+                    generation,
+                    semantic.model.dimension,
+                    semantic.hnsw,
+                ) {
+                    Ok(vectors) => Some(vectors),
+                    Err(_)
+                        if attempts < OPEN_ATTEMPTS
+                            && committed_generation(&index, &dir)? != generation =>
+                    {
+                        continue
+                    }
+                    Err(error) => return Err(error),
+                },
+                None => None,
+            };
+            let reader: IndexReader = index
+                .reader_builder()
+                .reload_policy(ReloadPolicy::Manual)
+                .try_into()
+                .map_err(tantivy_error)?;
+            if committed_generation(&index, &dir)? == generation {
+                break (reader, generation, vectors);
+            }
+            if attempts == OPEN_ATTEMPTS {
+                return Err(IndexError::Busy(name.to_string()));
+            }
         };
         Ok(Collection {
             name: name.to_string(),

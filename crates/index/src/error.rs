@@ -47,6 +47,8 @@ pub enum IndexError {
     NoModel(String),
     #[error("a query vector has {found} dimensions; collection \"{collection}\" holds {expected}")]
     DimensionMismatch { collection: String, expected: usize, found: usize },
+    #[error("collection \"{0}\" kept changing while it was being opened; try again")]
+    Busy(String),
     #[error("the vectors in {path}: {message}")]
     CorruptVectors { path: PathBuf, message: String },
     #[error("the search index in {path}: {source}")]
