@@ -510,6 +510,12 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
     let report = judged("eval", &["--mode", "hybrid"]);
     assert_eq!(report["settings"]["fusion"], "rrf k=5 depth=2");
 
+    // Vector settings are fixed at creation: the same ones may be repeated, others are refused.
+    let again = ["index", "--collection", "energy", "--corpus", path(&corpus), "--model"];
+    ws.ok(&[&again[..], &[path(&model), "--hnsw-m", "16"]].concat());
+    let error = ws.fails(&[&again[..], &[path(&model), "--windows"]].concat());
+    assert!(error.contains("--windows: collection \"energy\" was created with other"), "{error}");
+
     // Another model is refused, and nothing changes.
     let error = ws.fails(&[
         "index",

@@ -51,21 +51,22 @@ pub struct IndexArgs {
     #[arg(long, requires = "model")]
     windows: bool,
 
-    /// Tokens each window shares with the one before.
-    #[arg(long, value_name = "TOKENS", default_value_t = 32, requires = "windows")]
-    window_overlap: usize,
+    /// Tokens each window shares with the one before [default: 32].
+    #[arg(long, value_name = "TOKENS", requires = "windows")]
+    window_overlap: Option<usize>,
 
-    /// For a new collection with --model: HNSW links per point.
-    #[arg(long, value_name = "M", default_value_t = HnswSettings::default().m, requires = "model")]
-    hnsw_m: usize,
+    /// For a new collection with --model: HNSW links per point [default: 16].
+    #[arg(long, value_name = "M", requires = "model")]
+    hnsw_m: Option<usize>,
 
-    /// For a new collection with --model: HNSW candidates when linking a point.
-    #[arg(long, value_name = "N", default_value_t = HnswSettings::default().ef_construction, requires = "model")]
-    ef_construction: usize,
+    /// For a new collection with --model: HNSW candidates when linking a point [default: 200].
+    #[arg(long, value_name = "N", requires = "model")]
+    ef_construction: Option<usize>,
 
-    /// For a new collection with --model: HNSW candidates per search (a search can override it).
-    #[arg(long, value_name = "N", default_value_t = HnswSettings::default().ef_search, requires = "model")]
-    ef_search: usize,
+    /// For a new collection with --model: HNSW candidates per search, which a search can
+    /// override [default: 100].
+    #[arg(long, value_name = "N", requires = "model")]
+    ef_search: Option<usize>,
 
     /// Documents per forward pass of the model.
     #[arg(long, value_name = "N", default_value_t = cloze_mlm::DEFAULT_BATCH_SIZE, requires = "model")]
@@ -89,13 +90,14 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
 
     let created = !data_dir.exists(&args.collection)?;
     let collection = if created {
+        let defaults = HnswSettings::default();
         let semantic = encoder.as_ref().map(|encoder| SemanticSettings {
             model: encoder.record().clone(),
-            window_overlap: args.windows.then_some(args.window_overlap),
+            window_overlap: args.windows.then_some(args.window_overlap.unwrap_or(32)),
             hnsw: HnswSettings {
-                m: args.hnsw_m,
-                ef_construction: args.ef_construction,
-                ef_search: args.ef_search,
+                m: args.hnsw_m.unwrap_or(defaults.m),
+                ef_construction: args.ef_construction.unwrap_or(defaults.ef_construction),
+                ef_search: args.ef_search.unwrap_or(defaults.ef_search),
             },
         });
         data_dir.create(&args.collection, analyzer.unwrap_or_default(), semantic)?
@@ -107,6 +109,26 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
                     "--analyzer {}: collection \"{}\" was created with other analyzer settings, \
                      and they cannot change (see {}); index into a new collection instead",
                     args.analyzer.as_deref().unwrap_or_default(),
+                    args.collection,
+                    collection.path().join("manifest.json").display()
+                );
+            }
+        }
+        if let Some(semantic) = &collection.manifest().semantic {
+            let hnsw = &semantic.hnsw;
+            let changed = [
+                ("--windows", args.windows.then_some(1), semantic.window_overlap.map(|_| 1)),
+                ("--window-overlap", args.window_overlap, semantic.window_overlap),
+                ("--hnsw-m", args.hnsw_m, Some(hnsw.m)),
+                ("--ef-construction", args.ef_construction, Some(hnsw.ef_construction)),
+                ("--ef-search", args.ef_search, Some(hnsw.ef_search)),
+            ]
+            .into_iter()
+            .find(|(_, asked, kept)| asked.is_some() && asked != kept);
+            if let Some((flag, ..)) = changed {
+                bail!(
+                    "{flag}: collection \"{}\" was created with other vector settings, and \
+                     they cannot change (see {}); index into a new collection instead",
                     args.collection,
                     collection.path().join("manifest.json").display()
                 );
