@@ -9,14 +9,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use cloze_index::DataDir;
+use cloze_tests::median;
 
 const EF_SEARCH: [usize; 7] = [10, 20, 40, 64, 100, 200, 400];
 const K: usize = 10;
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();

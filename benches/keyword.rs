@@ -11,7 +11,7 @@ use std::time::Instant;
 use cloze_corpus::{read_queries, DocumentReader, FieldMapping};
 use cloze_index::{AnalyzerSettings, DataDir};
 use cloze_search::{search, Mode, SearchRequest};
-use cloze_tests::beir_collection;
+use cloze_tests::{beir_collection, median};
 
 const INDEX_REPETITIONS: usize = 5;
 const QUERY_PASSES: usize = 3;
@@ -19,11 +19,6 @@ const QUERY_PASSES: usize = 3;
 fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     let index = ((sorted.len() - 1) as f64 * fraction).round() as usize;
     sorted[index]
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    percentile(values, 0.5)
 }
 
 fn main() {

@@ -36,11 +36,6 @@ fn write_values<T: Copy>(path: &Path, values: &[T], to_bytes: impl Fn(T) -> [u8;
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let preset = args.first().map(String::as_str).unwrap_or("tiny").to_string();
@@ -151,7 +146,7 @@ fn main() {
         total += targets.len();
     }
     let ours = serde_json::json!({
-        "tokens_per_second_median": median(rates),
+        "tokens_per_second_median": cloze_tests::median(&mut rates),
         "peak_rss_mb": peak,
         "eval_accuracy": correct as f64 / total as f64,
         "eval_loss": loss_sum / total as f64,

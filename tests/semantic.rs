@@ -1,7 +1,7 @@
 //! Collections with a model: vectors beside the keyword index, kept consistent through
 //! replacements, deletes, compaction and failures; semantic search over them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use cloze_corpus::Document;
 use cloze_index::{
@@ -216,12 +216,12 @@ fn long_documents_get_a_vector_per_window() {
 fn broken_model_folders_and_odd_documents() {
     let fixture = Fixture::new(64);
     let broken = fixture.data.path().parent().unwrap().join("broken");
-    copy_dir(&fixture.model, &broken);
+    cloze_tests::copy_dir(&fixture.model, &broken);
     std::fs::remove_file(broken.join("tokenizer.json")).unwrap();
     let error = format!("{:#}", Encoder::load(&broken).err().unwrap());
     assert!(error.contains("tokenizer.json"), "{error}");
 
-    copy_dir(&fixture.model, &broken);
+    cloze_tests::copy_dir(&fixture.model, &broken);
     std::fs::write(broken.join("model.safetensors"), b"not a safetensors file").unwrap();
     let error = format!("{:#}", Encoder::load(&broken).err().unwrap());
     assert!(error.contains("model.safetensors"), "{error}");
@@ -231,14 +231,6 @@ fn broken_model_folders_and_odd_documents() {
     collection.ingest([document("empty", ""), document("huge", &huge)], || {}).unwrap();
     assert_eq!(collection.vector_count(), 2);
     assert_eq!(semantic_ids(&collection, &huge, 1), ["huge"]);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-    }
 }
 
 #[test]

@@ -93,3 +93,25 @@ pub fn small_model(dir: &Path, texts: &[&str], max_len: usize, seed: u64) -> Pat
     cloze_mlm::save_tokenizer(&tokenizer, dir).unwrap();
     dir.to_path_buf()
 }
+
+/// Replaces `to` (if it exists) with a copy of the folder `from` and everything in it.
+pub fn copy_dir(from: &Path, to: &Path) {
+    if to.exists() {
+        std::fs::remove_dir_all(to).unwrap();
+    }
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// The median of `values` (the upper one of an even count), sorting them in place.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}

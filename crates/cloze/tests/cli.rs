@@ -517,15 +517,7 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
     assert!(error.contains("--windows: collection \"energy\" was created with other"), "{error}");
 
     // Another model is refused, and nothing changes.
-    let error = ws.fails(&[
-        "index",
-        "--collection",
-        "energy",
-        "--corpus",
-        path(&corpus),
-        "--model",
-        path(&other),
-    ]);
+    let error = ws.fails(&[&again[..], &[path(&other)]].concat());
     assert!(error.contains("different models cannot be compared"), "{error}");
     let error = ws.fails(&["delete", "--collection", "energy", "--id", "d1", "--id", "d9"]);
     assert!(error.contains("no document with id d9"), "{error}");

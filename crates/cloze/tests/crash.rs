@@ -41,21 +41,6 @@ fn index_fully(data: &Path, model: &Path, corpus: &Path) {
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    if to.exists() {
-        std::fs::remove_dir_all(to).unwrap();
-    }
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
 /// The ids stored in the collection, after checking that vectors and documents agree and that
 /// semantic search works.
 fn committed_ids(data: &Path) -> BTreeSet<String> {
@@ -83,7 +68,7 @@ fn killing_the_indexer_at_any_moment_keeps_both_indexes_consistent() {
     index_fully(&before_dir, &model, &first);
     let before = committed_ids(&before_dir);
     let after_dir = dir.path().join("after");
-    copy_dir(&before_dir, &after_dir);
+    cloze_tests::copy_dir(&before_dir, &after_dir);
     let started = Instant::now();
     index_fully(&after_dir, &model, &second);
     let full_run = started.elapsed();
@@ -94,7 +79,7 @@ fn killing_the_indexer_at_any_moment_keeps_both_indexes_consistent() {
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let (mut old, mut new) = (0, 0);
     for attempt in 0..KILLS {
-        copy_dir(&before_dir, &data);
+        cloze_tests::copy_dir(&before_dir, &data);
         let mut child = index(&data, &model, &second).spawn().unwrap();
         // Uniform over the whole run, and a little past it.
         let wait = full_run.mul_f64(rng.random_range(0.0..1.1));

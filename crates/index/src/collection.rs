@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use cloze_corpus::Document;
 use serde::{Deserialize, Serialize};
 use serde_json::Map;
-use tantivy::collector::{Count, DocSetCollector};
+use tantivy::collector::{DocSetCollector, TopDocs};
 use tantivy::query::{AllQuery, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, JsonObjectOptions, OwnedValue, Schema, TextFieldIndexing,
@@ -153,6 +153,15 @@ impl DataDir {
 
 /// Collection names become folder names: keep them to a portable set that cannot climb out of
 /// the data folder or hide (`..`, `a/b`, `.x`).
+/// Generation `generation` of the vectors of the collection in `dir`.
+fn load_vectors(
+    dir: &Path,
+    semantic: &SemanticSettings,
+    generation: u64,
+) -> Result<VectorIndex, IndexError> {
+    VectorIndex::load(&dir.join(VECTORS_DIR), generation, semantic.model.dimension, semantic.hnsw)
+}
+
 /// The vector generation that the index's last commit names (0 before any).
 fn committed_generation(index: &Index, dir: &Path) -> Result<u64, IndexError> {
     let metas = index
@@ -281,12 +290,7 @@ impl Collection {
             attempts += 1;
             let generation = committed_generation(&index, &dir)?;
             let vectors = match &manifest.semantic {
-                Some(semantic) => match VectorIndex::load(
-                    &dir.join(VECTORS_DIR),
-                    generation,
-                    semantic.model.dimension,
-                    semantic.hnsw,
-                ) {
+                Some(semantic) => match load_vectors(&dir, semantic, generation) {
                     Ok(vectors) => Some(vectors),
                     Err(_)
                         if attempts < OPEN_ATTEMPTS
@@ -493,11 +497,7 @@ impl Collection {
         let searcher = self.searcher();
         let mut missing = Vec::new();
         for id in ids {
-            let query = TermQuery::new(
-                Term::from_field_text(self.fields.id, id.as_ref()),
-                tantivy::schema::IndexRecordOption::Basic,
-            );
-            if searcher.search(&query, &Count).map_err(|e| self.tantivy_error(e))? == 0 {
+            if self.address(&searcher, id.as_ref())?.is_none() {
                 missing.push(id.as_ref().to_string());
             }
         }
@@ -600,7 +600,7 @@ impl Collection {
             tantivy::schema::IndexRecordOption::Basic,
         );
         let found = searcher
-            .search(&query, &tantivy::collector::TopDocs::with_limit(1).order_by_score())
+            .search(&query, &TopDocs::with_limit(1).order_by_score())
             .map_err(|e| self.tantivy_error(e))?;
         Ok(found.first().map(|(_, address)| *address))
     }
@@ -647,12 +647,7 @@ impl Collection {
             let _ = writer.garbage_collect_files().wait();
             if let Some(semantic) = &self.manifest.semantic {
                 let _ = std::fs::remove_dir_all(vectors::generation_dir(&vectors_dir, generation));
-                self.vectors = Some(VectorIndex::load(
-                    &vectors_dir,
-                    self.generation,
-                    semantic.model.dimension,
-                    semantic.hnsw,
-                )?);
+                self.vectors = Some(load_vectors(&self.dir, semantic, self.generation)?);
             }
             return Err(error);
         }

@@ -139,6 +139,7 @@ impl VectorIndex {
     pub(crate) fn insert(&mut self, documents: Vec<(String, Vec<Vec<f32>>)>) {
         let first = self.owners.len();
         for (id, vectors) in documents {
+            // Also covers an id given twice in one batch: the last vectors win.
             self.remove(&id);
             let mut slots = Vec::with_capacity(vectors.len());
             for vector in vectors {
@@ -148,13 +149,7 @@ impl VectorIndex {
                 self.vectors.extend_from_slice(&vector);
                 self.dead.push(false);
             }
-            // A document given twice in one batch keeps its last vectors.
-            if let Some(old) = self.slots_of.insert(id, slots) {
-                for slot in old {
-                    self.dead[slot] = true;
-                    self.dead_count += 1;
-                }
-            }
+            self.slots_of.insert(id, slots);
         }
         let points: Vec<(&[f32], usize)> =
             (first..self.owners.len()).map(|slot| (self.vector(slot), slot)).collect();
@@ -168,12 +163,10 @@ impl VectorIndex {
     /// The same live vectors in a fresh graph, without tombstones.
     pub(crate) fn compacted(&self) -> VectorIndex {
         let mut fresh = VectorIndex::empty(self.dimension, self.settings);
-        let mut live: Vec<(&str, usize)> = (0..self.owners.len())
+        // Slots in order keep each document's windows in order.
+        let live = (0..self.owners.len())
             .filter(|&slot| !self.dead[slot])
-            .map(|slot| (self.owners[slot].as_str(), slot))
-            .collect();
-        // Keep each document's windows together and in order.
-        live.sort_by_key(|&(_, slot)| slot);
+            .map(|slot| (self.owners[slot].as_str(), slot));
         let mut documents: Vec<(String, Vec<Vec<f32>>)> = Vec::new();
         let mut position: HashMap<&str, usize> = HashMap::new();
         for (id, slot) in live {

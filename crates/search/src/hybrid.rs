@@ -72,14 +72,22 @@ impl Default for Fusion {
     /// 0.660), and within 0.001 of the best with our `tiny` encoder; reciprocal rank fusion at
     /// k = 60 scored 0.38 with `tiny`, far below keyword alone.
     fn default() -> Fusion {
-        Fusion {
-            method: FusionMethod::Convex { alpha: 0.8, normalization: Normalization::Theoretical },
-            depth: 100,
-        }
+        let method = FusionMethod::Convex {
+            alpha: Fusion::DEFAULT_ALPHA,
+            normalization: Fusion::DEFAULT_NORMALIZATION,
+        };
+        Fusion { method, depth: Fusion::DEFAULT_DEPTH }
     }
 }
 
 impl Fusion {
+    /// The convex combination used when none is named (see [`Fusion::default`]).
+    pub const DEFAULT_ALPHA: f64 = 0.8;
+    pub const DEFAULT_NORMALIZATION: Normalization = Normalization::Theoretical;
+    /// Reciprocal rank fusion's usual constant (Cormack et al., 2009).
+    pub const DEFAULT_RRF_K: f64 = 60.0;
+    pub const DEFAULT_DEPTH: usize = 100;
+
     /// The fusion a hybrid search of `collection` uses when it asks for none: the collection's
     /// saved default (`cloze tune --save`), else [`Fusion::default`].
     pub fn default_for(collection: &Collection) -> Result<Fusion, SearchError> {

@@ -134,13 +134,15 @@ fn search_judged_queries(
 ) -> Result<Run> {
     let collection = data_dir.open(collection)?;
     settings.insert("analyzer".into(), serde_json::to_value(&collection.manifest().analyzer)?);
-    let fusion = args.fusion.fusion()?;
+    // Resolved once, so every query uses, and the report names, the same fusion.
+    let mut fusion = args.fusion.fusion()?;
     if args.mode == Mode::Hybrid {
         let used = match fusion {
             Some(fusion) => fusion,
             None => cloze_search::Fusion::default_for(&collection)?,
         };
         settings.insert("fusion".into(), json!(used.to_string()));
+        fusion = Some(used);
     }
     if args.mode != Mode::Keyword {
         if let Some(semantic) = &collection.manifest().semantic {

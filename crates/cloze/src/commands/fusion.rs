@@ -43,7 +43,6 @@ impl FusionFlags {
         if !given {
             return Ok(None);
         }
-        let default = Fusion::default();
         let rrf = match self.fusion.as_deref() {
             Some(method) => method == "rrf",
             None => self.rrf_k.is_some(),
@@ -52,7 +51,7 @@ impl FusionFlags {
             if self.alpha.is_some() || self.normalization.is_some() {
                 bail!("--alpha and --normalization are for --fusion convex, not rrf");
             }
-            let k = self.rrf_k.unwrap_or(60.0);
+            let k = self.rrf_k.unwrap_or(Fusion::DEFAULT_RRF_K);
             if !(k >= 0.0 && k.is_finite()) {
                 bail!("--rrf-k {k}: must be a number of 0 or more");
             }
@@ -61,20 +60,16 @@ impl FusionFlags {
             if self.rrf_k.is_some() {
                 bail!("--rrf-k is for --fusion rrf, not convex");
             }
-            let (default_alpha, default_normalization) = match default.method {
-                FusionMethod::Convex { alpha, normalization } => (alpha, normalization),
-                FusionMethod::Rrf { .. } => (0.8, Normalization::Theoretical),
-            };
-            let alpha = self.alpha.unwrap_or(default_alpha);
+            let alpha = self.alpha.unwrap_or(Fusion::DEFAULT_ALPHA);
             if !(0.0..=1.0).contains(&alpha) {
                 bail!("--alpha {alpha}: must be between 0 and 1");
             }
             FusionMethod::Convex {
                 alpha,
-                normalization: self.normalization.unwrap_or(default_normalization),
+                normalization: self.normalization.unwrap_or(Fusion::DEFAULT_NORMALIZATION),
             }
         };
-        let depth = self.depth_per_side.unwrap_or(default.depth);
+        let depth = self.depth_per_side.unwrap_or(Fusion::DEFAULT_DEPTH);
         if depth == 0 {
             bail!("--depth-per-side must be at least 1");
         }
