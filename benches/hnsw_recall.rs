@@ -47,7 +47,7 @@ fn main() {
         let (mut found, mut wanted, mut times) = (0, 0, Vec::new());
         for (vector, exact) in vectors.iter().zip(&exact) {
             let started = Instant::now();
-            let hits = collection.nearest(vector, K, Some(ef)).unwrap();
+            let hits = collection.nearest(vector, K, Some(ef), None).unwrap();
             times.push(started.elapsed().as_secs_f64() * 1e3);
             found += hits.iter().filter(|n| exact.contains(&n.id)).count();
             wanted += exact.len();

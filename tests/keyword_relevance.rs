@@ -20,8 +20,11 @@ fn keyword_ndcg_at_10(name: &'static str) -> f64 {
         }
         let mut request = SearchRequest::new(query.text, Mode::Keyword, 1000);
         request.with_documents = false;
-        let hits = search(&index, &request).unwrap();
-        run.insert(&query.id, hits.into_iter().map(|hit| (hit.id, f64::from(hit.score))).collect());
+        let found = search(&index, &request).unwrap();
+        run.insert(
+            &query.id,
+            found.hits.into_iter().map(|hit| (hit.id, f64::from(hit.score))).collect(),
+        );
     }
     let evaluation = evaluate(&qrels, &run, &[Metric::Ndcg(Some(10))]);
     assert_eq!(run.queries().count(), qrels.num_queries(), "every judged query has text and hits");

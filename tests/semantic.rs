@@ -60,7 +60,7 @@ impl Fixture {
 }
 
 fn semantic_ids(collection: &Collection, query: &str, limit: usize) -> Vec<String> {
-    let hits = search(collection, &SearchRequest::new(query, Mode::Semantic, limit)).unwrap();
+    let hits = search(collection, &SearchRequest::new(query, Mode::Semantic, limit)).unwrap().hits;
     hits.into_iter().map(|hit| hit.id).collect()
 }
 
@@ -82,18 +82,18 @@ fn each_document_is_found_by_its_own_text_in_both_modes() {
     ingest_texts(&mut collection);
     assert_eq!((collection.document_count(), collection.vector_count()), (20, 20));
     for (i, text) in texts().iter().enumerate() {
-        let hits = search(&collection, &SearchRequest::new(text, Mode::Semantic, 3)).unwrap();
+        let hits = search(&collection, &SearchRequest::new(text, Mode::Semantic, 3)).unwrap().hits;
         assert_eq!(hits[0].id, format!("d{i}"));
         assert!((hits[0].score - 1.0).abs() < 1e-4, "{}", hits[0].score);
         assert_eq!(hits[0].snippet.as_deref().map(|s| !s.is_empty()), Some(true));
     }
     let mut page = SearchRequest::new(&texts()[0], Mode::Semantic, 2);
     page.offset = 1;
-    assert_eq!(search(&collection, &page).unwrap().len(), 2);
+    assert_eq!(search(&collection, &page).unwrap().hits.len(), 2);
     assert_eq!(semantic_ids(&collection, &texts()[0], 100).len(), 20);
     assert!(semantic_ids(&collection, "  ", 10).is_empty());
     let keyword = search(&collection, &SearchRequest::new("vitamin", Mode::Keyword, 10)).unwrap();
-    assert!(!keyword.is_empty());
+    assert!(!keyword.hits.is_empty());
 
     let reopened = fixture.data.open("docs").unwrap();
     assert_eq!(semantic_ids(&reopened, &texts()[5], 1), ["d5"]);
@@ -116,7 +116,7 @@ fn reindexing_replaces_vectors_and_delete_removes_from_both_indexes() {
         assert!(!semantic_ids(&collection, query, 20).iter().any(|id| id == "d1" || id == "d2"));
     }
     let keyword = search(&collection, &SearchRequest::new(&texts()[1], Mode::Keyword, 100));
-    assert!(!keyword.unwrap().iter().any(|hit| hit.id == "d1"));
+    assert!(!keyword.unwrap().hits.iter().any(|hit| hit.id == "d1"));
     assert_consistent(&collection);
 
     let error = collection.delete(&["d3", "nope"]).unwrap_err().to_string();
@@ -181,7 +181,7 @@ fn another_model_a_wrong_dimension_or_no_model_is_refused() {
     let error = collection.use_encoder(other).unwrap_err().to_string();
     assert!(error.contains("vectors of different models cannot be compared"), "{error}");
 
-    let error = collection.nearest(&[0.5; 7], 10, None).unwrap_err().to_string();
+    let error = collection.nearest(&[0.5; 7], 10, None, None).unwrap_err().to_string();
     assert_eq!(error, "a query vector has 7 dimensions; collection \"docs\" holds 32");
 
     let keyword_only = fixture.data.create("plain", AnalyzerSettings::default(), None).unwrap();
@@ -201,7 +201,7 @@ fn long_documents_get_a_vector_per_window() {
     // 14 tokens a window besides [CLS] and [SEP], each starting 10 after the one before.
     let windows = 1 + (tokens - 14).div_ceil(10);
     assert_eq!(windowed.vector_count() as usize, windows + 1);
-    let hits = search(&windowed, &SearchRequest::new(short_text, Mode::Semantic, 2)).unwrap();
+    let hits = search(&windowed, &SearchRequest::new(short_text, Mode::Semantic, 2)).unwrap().hits;
     assert_eq!(hits[0].id, "short");
     assert!((hits[0].score - 1.0).abs() < 1e-4);
     // Every window belongs to the one long document: it appears once.

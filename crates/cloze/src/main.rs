@@ -13,8 +13,9 @@ use tracing_subscriber::EnvFilter;
 /// by meaning or both (hybrid), measure the ranking against relevance judgments, and train an encoder on your
 /// own text.
 ///
-/// Start with `cloze index --collection NAME --corpus corpus.jsonl` (add `--model DIR` for
-/// semantic search), then `cloze search` and `cloze eval`; `cloze train --config
+/// Start with `cloze serve` and open http://127.0.0.1:7700, or with `cloze index --collection
+/// NAME --corpus corpus.jsonl` (add `--model DIR` for semantic search), then `cloze search` and
+/// `cloze eval`; `cloze train --config
 /// configs/tiny.toml --corpus FILE --out DIR` trains an encoder and `cloze embed` turns
 /// documents into vectors with it. Every command's `--help` says more.
 #[derive(Debug, Parser)]
@@ -47,6 +48,7 @@ enum Command {
     Delete(commands::delete::DeleteArgs),
     Compact(commands::compact::CompactArgs),
     Collections(commands::collections::CollectionsArgs),
+    Serve(commands::serve::ServeArgs),
     Train(commands::train::TrainArgs),
     Embed(commands::embed::EmbedArgs),
 }
@@ -55,6 +57,8 @@ fn main() -> ExitCode {
     cloze_mlm::allocator::reuse_freed_memory();
     let cli = Cli::parse();
     let default_level = match cli.verbose {
+        // A server's log is how its operator follows it.
+        0 if matches!(cli.command, Command::Serve(_)) => "info,hnsw_rs=warn",
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
         Command::Delete(args) => commands::delete::run(&data_dir, args),
         Command::Compact(args) => commands::compact::run(&data_dir, args),
         Command::Collections(args) => commands::collections::run(&data_dir, args),
+        Command::Serve(args) => commands::serve::run(data_dir, args),
         Command::Train(args) => commands::train::run(args),
         Command::Embed(args) => commands::embed::run(args),
     };

@@ -482,7 +482,7 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
     assert!((top["score"].as_f64().unwrap() - 2.0 / 61.0).abs() < 1e-6, "{top}");
     let error =
         ws.fails(&["search", "--collection", "energy", "--mode", "hybrid", "--alpha", "2", "x"]);
-    assert!(error.contains("--alpha 2: must be between 0 and 1"), "{error}");
+    assert!(error.contains("--alpha: must be between 0 and 1 (found 2)"), "{error}");
     let error = ws.fails(&[
         "search",
         "--collection",
@@ -495,7 +495,7 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
         "0.5",
         "x",
     ]);
-    assert!(error.contains("--alpha and --normalization are for --fusion convex"), "{error}");
+    assert!(error.contains("--alpha: is for the convex method, not rrf"), "{error}");
     let tuned = judged("tune", &["--depths", "3", "--alphas", "0,1", "--rrf-ks", "60"]);
     // 1 rrf + 2 alphas x 3 normalisations, and both sides find d3 first.
     assert_eq!(tuned["settings"].as_array().unwrap().len(), 7, "{tuned}");

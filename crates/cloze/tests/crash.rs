@@ -47,7 +47,8 @@ fn committed_ids(data: &Path) -> BTreeSet<String> {
     let collection = DataDir::new(data).open("docs").expect("the collection opens after a kill");
     let ids = collection.document_ids().unwrap();
     assert_eq!(ids, collection.vector_document_ids(), "vectors and documents disagree");
-    let hits = search(&collection, &SearchRequest::new("river bridge", Mode::Semantic, 5)).unwrap();
+    let hits =
+        search(&collection, &SearchRequest::new("river bridge", Mode::Semantic, 5)).unwrap().hits;
     assert_eq!(hits.len(), 5.min(ids.len()));
     ids.into_iter().collect()
 }

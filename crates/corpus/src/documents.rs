@@ -60,7 +60,7 @@ impl FieldMapping {
     }
 
     /// Turns one parsed JSON object into a [`Document`], or says which field is wrong.
-    fn document(&self, mut object: Map<String, Value>) -> Result<Document, ErrorKind> {
+    pub fn document(&self, mut object: Map<String, Value>) -> Result<Document, ErrorKind> {
         let id = match object.remove(&self.id_field) {
             None | Some(Value::Null) => return Err(ErrorKind::MissingField(self.id_field.clone())),
             Some(value) => scalar_text(&self.id_field, value)?,

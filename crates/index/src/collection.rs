@@ -10,8 +10,9 @@
 //! Every change ends in one tantivy commit whose payload names the vector generation written
 //! just before it: the commit is the single moment at which both indexes change.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use cloze_corpus::Document;
 use serde::{Deserialize, Serialize};
@@ -245,7 +246,7 @@ pub struct Collection {
     /// Present when the collection has a model.
     vectors: Option<VectorIndex>,
     /// Loaded when first needed: keyword searches never pay for it.
-    encoder: OnceLock<Encoder>,
+    encoder: OnceLock<Arc<Encoder>>,
 }
 
 /// What a tantivy commit carries: the vector generation that matches its documents.
@@ -263,6 +264,26 @@ pub struct IngestSummary {
     pub document_count: u64,
     /// Live vectors afterwards (more than documents when long documents have windows).
     pub vector_count: u64,
+}
+
+/// One change to a collection's documents.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Add the document, replacing any with its id.
+    Upsert(Document),
+    /// Remove the document with this id, if there is one.
+    Delete(String),
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    /// Replaced a document with the same id.
+    Updated,
+    Deleted,
+    /// A delete found no document with its id.
+    NotFound,
 }
 
 /// What a compaction did.
@@ -364,6 +385,16 @@ impl Collection {
     /// The collection's model, loaded from the folder the manifest names, and refused if its
     /// weights are not the ones the collection was indexed with.
     pub fn encoder(&self) -> Result<&Encoder, IndexError> {
+        Ok(self.loaded_encoder()?.as_ref())
+    }
+
+    /// The collection's model as a shared handle, for another [`Collection`] of the same
+    /// folder to [use](Self::use_encoder) without loading it again.
+    pub fn shared_encoder(&self) -> Result<Arc<Encoder>, IndexError> {
+        self.loaded_encoder().cloned()
+    }
+
+    fn loaded_encoder(&self) -> Result<&Arc<Encoder>, IndexError> {
         if let Some(encoder) = self.encoder.get() {
             return Ok(encoder);
         }
@@ -375,7 +406,8 @@ impl Collection {
 
     /// Uses an encoder loaded by the caller (from wherever the model folder now is), after
     /// checking that it is the collection's model.
-    pub fn use_encoder(&self, encoder: Encoder) -> Result<(), IndexError> {
+    pub fn use_encoder(&self, encoder: impl Into<Arc<Encoder>>) -> Result<(), IndexError> {
+        let encoder = encoder.into();
         let expected = &self.semantic()?.model;
         if encoder.record().weights_sha256 != expected.weights_sha256 {
             return Err(IndexError::ModelMismatch {
@@ -411,59 +443,99 @@ impl Collection {
     pub fn ingest<I, E>(
         &mut self,
         documents: I,
-        mut on_document: impl FnMut(),
+        on_document: impl FnMut(),
     ) -> Result<IngestSummary, IndexError>
     where
         I: IntoIterator<Item = Result<Document, E>>,
         IndexError: From<E>,
     {
-        if self.vectors.is_some() {
-            self.encoder()?;
-        }
-        let mut writer = self.writer()?;
-        let mut ingested = 0;
-        let queued = self.queue(&mut writer, documents, &mut ingested, &mut on_document);
-        self.finish(writer, queued)?;
+        let changes = documents.into_iter().map(|document| document.map(Change::Upsert));
+        let outcomes = self.apply(changes, on_document)?;
         Ok(IngestSummary {
-            ingested,
+            ingested: outcomes.len() as u64,
             document_count: self.manifest.document_count,
             vector_count: self.vector_count(),
         })
     }
 
-    /// Writes documents to the tantivy writer and their vectors to the vector index, neither
-    /// committed yet.
+    /// Applies changes in order (a document added and then deleted in the same call is gone)
+    /// and commits them all at once, in both indexes. Deleting an id that is not there is no
+    /// error: its outcome says so. If any item is an error, or writing fails, nothing is
+    /// committed and the error is returned. `on_change` is called after each change is
+    /// written, for progress. Returns each change's outcome, in order.
+    pub fn apply<I, E>(
+        &mut self,
+        changes: I,
+        mut on_change: impl FnMut(),
+    ) -> Result<Vec<Outcome>, IndexError>
+    where
+        I: IntoIterator<Item = Result<Change, E>>,
+        IndexError: From<E>,
+    {
+        let mut writer = self.writer()?;
+        let mut outcomes = Vec::new();
+        let queued = self.queue(&mut writer, changes, &mut outcomes, &mut on_change);
+        self.finish(writer, queued)?;
+        Ok(outcomes)
+    }
+
+    /// Writes changes to the tantivy writer and the vector index, neither committed yet.
     fn queue<I, E>(
         &mut self,
         writer: &mut IndexWriter,
-        documents: I,
-        ingested: &mut u64,
-        on_document: &mut impl FnMut(),
+        changes: I,
+        outcomes: &mut Vec<Outcome>,
+        on_change: &mut impl FnMut(),
     ) -> Result<(), IndexError>
     where
-        I: IntoIterator<Item = Result<Document, E>>,
+        I: IntoIterator<Item = Result<Change, E>>,
         IndexError: From<E>,
     {
+        let searcher = self.searcher();
+        // Whether each id touched so far is present after the changes before this one.
+        let mut present: HashMap<String, bool> = HashMap::new();
         // Documents waiting to be embedded, with their text.
         let mut pending: Vec<(String, String)> = Vec::new();
-        for document in documents {
-            let document = document?;
-            writer.delete_term(Term::from_field_text(self.fields.id, &document.id));
-            writer
-                .add_document(self.tantivy_document(&document))
-                .map_err(|e| self.tantivy_error(e))?;
-            *ingested += 1;
-            if self.vectors.is_some() {
-                let text = document.searchable_text();
-                pending.push((document.id, text));
-                if pending.len() == EMBED_CHUNK {
-                    self.embed(&mut pending, on_document)?;
+        for change in changes {
+            let change = change?;
+            let id = match &change {
+                Change::Upsert(document) => document.id.clone(),
+                Change::Delete(id) => id.clone(),
+            };
+            let existed = match present.get(&id) {
+                Some(&present) => present,
+                None => self.address(&searcher, &id)?.is_some(),
+            };
+            writer.delete_term(Term::from_field_text(self.fields.id, &id));
+            match change {
+                Change::Upsert(document) => {
+                    writer
+                        .add_document(self.tantivy_document(&document))
+                        .map_err(|e| self.tantivy_error(e))?;
+                    present.insert(id, true);
+                    outcomes.push(if existed { Outcome::Updated } else { Outcome::Created });
+                    if self.vectors.is_some() {
+                        let text = document.searchable_text();
+                        pending.push((document.id, text));
+                        if pending.len() == EMBED_CHUNK {
+                            self.embed(&mut pending, on_change)?;
+                        }
+                        continue;
+                    }
                 }
-            } else {
-                on_document();
+                Change::Delete(id) => {
+                    // Vectors still waiting to be embedded would come back after the removal.
+                    self.embed(&mut pending, on_change)?;
+                    if let Some(vectors) = self.vectors.as_mut() {
+                        vectors.remove(&id);
+                    }
+                    present.insert(id, false);
+                    outcomes.push(if existed { Outcome::Deleted } else { Outcome::NotFound });
+                }
             }
+            on_change();
         }
-        self.embed(&mut pending, on_document)
+        self.embed(&mut pending, on_change)
     }
 
     /// Embeds the pending documents into the vector index, emptying `pending`.
@@ -472,14 +544,16 @@ impl Collection {
         pending: &mut Vec<(String, String)>,
         on_document: &mut impl FnMut(),
     ) -> Result<(), IndexError> {
+        if pending.is_empty() || self.vectors.is_none() {
+            return Ok(());
+        }
+        // Loaded here, on the first document to embed: deletes alone never need the model.
+        self.encoder()?;
         let (Some(vectors), Some(semantic)) = (self.vectors.as_mut(), &self.manifest.semantic)
         else {
             return Ok(());
         };
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let encoder = self.encoder.get().expect("the encoder is loaded before an ingest");
+        let encoder = self.encoder.get().expect("loaded just above");
         let texts: Vec<&str> = pending.iter().map(|(_, text)| text.as_str()).collect();
         let embedded = match semantic.window_overlap {
             Some(overlap) => encoder.encode_windows(&texts, overlap)?,
@@ -507,14 +581,8 @@ impl Collection {
                 ids: missing,
             });
         }
-        let writer = self.writer()?;
-        for id in ids {
-            writer.delete_term(Term::from_field_text(self.fields.id, id.as_ref()));
-            if let Some(vectors) = self.vectors.as_mut() {
-                vectors.remove(id.as_ref());
-            }
-        }
-        self.finish(writer, Ok(()))?;
+        let changes = ids.iter().map(|id| Ok::<_, IndexError>(Change::Delete(id.as_ref().into())));
+        self.apply(changes, || {})?;
         let mut unique: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
         unique.sort_unstable();
         unique.dedup();
@@ -533,6 +601,11 @@ impl Collection {
         self.vectors = Some(vectors.compacted());
         self.finish(writer, Ok(()))?;
         Ok(CompactSummary { removed: before, vector_count: self.vector_count() })
+    }
+
+    /// Documents with vectors.
+    pub fn vector_document_count(&self) -> u64 {
+        self.vectors.as_ref().map_or(0, |v| v.document_count() as u64)
     }
 
     /// Live vectors.
@@ -563,16 +636,18 @@ impl Collection {
 
     /// The documents whose vectors are nearest to `query` (a unit vector of the collection's
     /// dimension), best first, each scored by the cosine similarity of its best vector.
-    /// `ef_search` overrides the collection's setting for this search.
+    /// `ef_search` overrides the collection's setting for this search; `allowed`, when given,
+    /// holds the only documents to consider.
     pub fn nearest(
         &self,
         query: &[f32],
         limit: usize,
         ef_search: Option<usize>,
+        allowed: Option<&HashSet<String>>,
     ) -> Result<Vec<Neighbour>, IndexError> {
         let vectors = self.checked_vectors(query)?;
         let ef = ef_search.unwrap_or(self.semantic()?.hnsw.ef_search).max(1);
-        Ok(vectors.nearest(query, limit, ef))
+        Ok(vectors.nearest(query, limit, ef, allowed))
     }
 
     /// What [`Self::nearest`] approximates: the query compared with every vector.

@@ -14,7 +14,7 @@ mod token_length;
 mod vectors;
 
 pub use analyzer::{analyze, AnalyzerSettings};
-pub use collection::{Collection, CompactSummary, DataDir, Fields, IngestSummary};
+pub use collection::{Change, Collection, CompactSummary, DataDir, Fields, IngestSummary, Outcome};
 pub use encoder::{Encoder, ModelRecord};
 pub use error::IndexError;
 pub use manifest::{FusionSettings, HnswSettings, Manifest, SemanticSettings, FORMAT_VERSION};

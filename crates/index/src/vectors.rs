@@ -17,7 +17,7 @@
 //! hnsw_rs cannot delete a point, so a replaced or deleted document's slots become tombstones,
 //! skipped by a search filter, until [`VectorIndex::compacted`] rebuilds the graph without them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
@@ -51,6 +51,10 @@ impl Distance<f32> for UnitCosine {
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
+
+/// A filtered search that lets at most this many vectors through compares the query with each
+/// of them: exact, and cheaper than steering the graph around the many documents it must skip.
+const EXACT_FILTERED_SLOTS: usize = 10_000;
 
 /// What `slots.json` holds.
 #[derive(Debug, Serialize, Deserialize)]
@@ -181,16 +185,44 @@ impl VectorIndex {
     }
 
     /// The documents nearest to `query` by their best vector, best first: at most `limit`,
-    /// searched with `ef` candidates (raised to the number of vectors asked for).
-    pub(crate) fn nearest(&self, query: &[f32], limit: usize, ef: usize) -> Vec<Neighbour> {
-        let live = self.live_slots();
+    /// searched with `ef` candidates (raised to the number of vectors asked for). With
+    /// `allowed`, only those documents are considered.
+    pub(crate) fn nearest(
+        &self,
+        query: &[f32],
+        limit: usize,
+        ef: usize,
+        allowed: Option<&HashSet<String>>,
+    ) -> Vec<Neighbour> {
+        self.nearest_with(query, limit, ef, allowed, EXACT_FILTERED_SLOTS)
+    }
+
+    fn nearest_with(
+        &self,
+        query: &[f32],
+        limit: usize,
+        ef: usize,
+        allowed: Option<&HashSet<String>>,
+        exact_filtered_slots: usize,
+    ) -> Vec<Neighbour> {
+        let allowed_slots: Option<Vec<usize>> = allowed.map(|allowed| {
+            allowed.iter().filter_map(|id| self.slots_of.get(id)).flatten().copied().collect()
+        });
+        if let Some(slots) = &allowed_slots {
+            if slots.len() <= exact_filtered_slots {
+                return self.exact_among(query, slots.iter().copied(), limit);
+            }
+        }
+        let live = allowed_slots.as_ref().map_or(self.live_slots(), Vec::len);
         if limit == 0 || live == 0 {
             return Vec::new();
         }
-        let filter = |slot: &usize| !self.dead[*slot];
+        let filter = |slot: &usize| {
+            !self.dead[*slot] && allowed.is_none_or(|allowed| allowed.contains(&self.owners[*slot]))
+        };
         // With windows a document has several slots: ask for enough slots to find `limit`
         // documents, and more if the best slots crowd into few documents.
-        let per_document = live.div_ceil(self.document_count().max(1));
+        let per_document = self.live_slots().div_ceil(self.document_count().max(1));
         let mut wanted = (limit * per_document).min(live);
         loop {
             let found = self.graph.search_filter(query, wanted, ef.max(wanted), Some(&filter));
@@ -207,10 +239,18 @@ impl VectorIndex {
 
     /// What [`Self::nearest`] approximates: every live vector compared with the query.
     pub(crate) fn exact_nearest(&self, query: &[f32], limit: usize) -> Vec<Neighbour> {
-        let mut scored: Vec<(usize, f32)> = (0..self.owners.len())
-            .filter(|&slot| !self.dead[slot])
-            .map(|slot| (slot, dot(query, self.vector(slot))))
-            .collect();
+        self.exact_among(query, (0..self.owners.len()).filter(|&slot| !self.dead[slot]), limit)
+    }
+
+    /// The documents nearest to `query` by their best vector among `slots`, compared one by one.
+    fn exact_among(
+        &self,
+        query: &[f32],
+        slots: impl Iterator<Item = usize>,
+        limit: usize,
+    ) -> Vec<Neighbour> {
+        let mut scored: Vec<(usize, f32)> =
+            slots.map(|slot| (slot, dot(query, self.vector(slot)))).collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         let mut neighbours = best_per_document(scored.into_iter(), &self.owners);
         neighbours.truncate(limit);
@@ -470,15 +510,37 @@ mod tests {
         let mut found = 0;
         for query in &queries {
             let exact = index.exact_nearest(query, 10);
-            let approximate = index.nearest(query, 10, HnswSettings::default().ef_search);
+            let approximate = index.nearest(query, 10, HnswSettings::default().ef_search, None);
             found += ids(&approximate).iter().filter(|id| ids(&exact).contains(id)).count();
         }
         let recall = found as f64 / 1000.0;
         assert!(recall >= 0.95, "recall@10 {recall}");
         // A stored vector is its own nearest neighbour, at similarity 1.
-        let nearest = index.nearest(&vectors[7], 1, 50);
+        let nearest = index.nearest(&vectors[7], 1, 50, None);
         assert_eq!(nearest[0].id, "d7");
         assert!((nearest[0].similarity - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn a_filtered_search_finds_only_allowed_documents_exactly_or_through_the_graph() {
+        let vectors = unit_vectors(300, 6);
+        let mut index = index_of(&vectors);
+        index.remove("d4");
+        let mut allowed: HashSet<String> = (100..200).map(|i| format!("d{i}")).collect();
+        allowed.extend(["d3", "d4", "d10", "d11", "d12", "unknown"].map(String::from));
+        for query in unit_vectors(10, 7) {
+            let exact = index.nearest_with(&query, 20, 100, Some(&allowed), usize::MAX);
+            let graph = index.nearest_with(&query, 20, 100, Some(&allowed), 0);
+            assert_eq!(exact.len(), 20);
+            for found in [&exact, &graph] {
+                assert!(found.iter().all(|n| allowed.contains(&n.id) && n.id != "d4"));
+            }
+            // The graph may miss a neighbour, but it finds most of them.
+            let shared = ids(&graph).iter().filter(|id| ids(&exact).contains(id)).count();
+            assert!(shared >= 18, "{shared} of 20");
+        }
+        let few: HashSet<String> = ["d3".to_string()].into();
+        assert_eq!(index.nearest(&vectors[9], 5, 50, Some(&few)).len(), 1);
     }
 
     #[test]
@@ -490,12 +552,12 @@ mod tests {
         index.remove("d2");
         assert_eq!((index.document_count(), index.live_slots(), index.dead_count()), (299, 299, 2));
         for query in [&vectors[1], &vectors[2]] {
-            let found = index.nearest(query, 300, 400);
+            let found = index.nearest(query, 300, 400, None);
             assert_eq!(found.len(), 299);
             assert!(!found.iter().any(|n| n.id == "d2"));
             assert_ne!(found[0].id, "d2");
         }
-        assert_eq!(index.nearest(&replacement, 1, 50)[0].id, "d1");
+        assert_eq!(index.nearest(&replacement, 1, 50, None)[0].id, "d1");
 
         let compacted = index.compacted();
         assert_eq!((compacted.live_slots(), compacted.dead_count()), (299, 0));
@@ -512,7 +574,8 @@ mod tests {
             ("long".to_string(), vec![vectors[0].clone(), vectors[1].clone()]),
             ("short".to_string(), vec![vectors[2].clone()]),
         ]);
-        for found in [index.nearest(&vectors[1], 2, 10), index.exact_nearest(&vectors[1], 2)] {
+        for found in [index.nearest(&vectors[1], 2, 10, None), index.exact_nearest(&vectors[1], 2)]
+        {
             assert_eq!(ids(&found), ["long", "short"]);
             assert!((found[0].similarity - 1.0).abs() < 1e-5);
         }
@@ -531,12 +594,15 @@ mod tests {
         assert_eq!((loaded.live_slots(), loaded.dead_count()), (199, 1));
         for query in unit_vectors(10, 8) {
             assert_eq!(loaded.exact_nearest(&query, 5), index.exact_nearest(&query, 5));
-            assert_eq!(ids(&loaded.nearest(&query, 5, 100)), ids(&index.nearest(&query, 5, 100)));
+            assert_eq!(
+                ids(&loaded.nearest(&query, 5, 100, None)),
+                ids(&index.nearest(&query, 5, 100, None))
+            );
         }
         // A loaded graph takes more points.
         let mut loaded = loaded;
         loaded.insert(vec![("new".to_string(), vec![vectors[3].clone()])]);
-        assert_eq!(loaded.nearest(&vectors[3], 1, 50)[0].id, "new");
+        assert_eq!(loaded.nearest(&vectors[3], 1, 50, None)[0].id, "new");
 
         let wrong_dimension = VectorIndex::load(dir.path(), 1, 8, HnswSettings::default());
         assert!(wrong_dimension.err().unwrap().to_string().contains("24 dimensions"));
@@ -564,7 +630,7 @@ mod tests {
         let index = VectorIndex::empty(DIMENSION, HnswSettings::default());
         index.save(dir.path(), 3).unwrap();
         let loaded = VectorIndex::load(dir.path(), 3, DIMENSION, HnswSettings::default()).unwrap();
-        assert!(loaded.nearest(&unit_vectors(1, 9)[0], 10, 10).is_empty());
+        assert!(loaded.nearest(&unit_vectors(1, 9)[0], 10, 10, None).is_empty());
         std::fs::create_dir_all(generation_dir(dir.path(), 5)).unwrap();
         remove_other_generations(dir.path(), 3).unwrap();
         assert!(generation_dir(dir.path(), 3).is_dir());

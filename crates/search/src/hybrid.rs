@@ -9,9 +9,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use cloze_index::{Collection, FusionSettings};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::{keyword, semantic, Hit, SearchError, SearchRequest};
+use crate::{keyword, semantic, Hit, Results, SearchError, SearchRequest};
 
 /// How each side's scores are put on a common scale before a convex combination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +130,83 @@ impl Fusion {
             return Err("depth must be at least 1".to_string());
         }
         Ok(Fusion { method, depth: settings.depth })
+    }
+}
+
+/// Fusion settings as a person gives them (flags, a JSON request): any may be missing, and
+/// the missing ones take the defaults of the method.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FusionParams {
+    /// `rrf` or `convex` [default: rrf if `k` is given, else convex].
+    pub method: Option<String>,
+    /// Convex: the semantic side's weight, 0 to 1.
+    pub alpha: Option<f64>,
+    /// Convex: `min-max`, `z-score` or `theoretical`.
+    pub normalization: Option<String>,
+    /// Reciprocal rank fusion's constant.
+    pub k: Option<f64>,
+    /// Candidates per side.
+    pub depth: Option<usize>,
+}
+
+/// A fusion parameter that cannot be used: which one, and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{param}: {message}")]
+pub struct FusionParamError {
+    /// The parameter's name in [`FusionParams`].
+    pub param: &'static str,
+    pub message: String,
+}
+
+impl FusionParams {
+    /// The fusion asked for, the defaults filling in what was not given; None if nothing was.
+    pub fn fusion(&self) -> Result<Option<Fusion>, FusionParamError> {
+        if *self == FusionParams::default() {
+            return Ok(None);
+        }
+        let error = |param, message: String| FusionParamError { param, message };
+        let rrf = match self.method.as_deref() {
+            Some("rrf") => true,
+            Some("convex") => false,
+            Some(other) => {
+                let message = format!("unknown method \"{other}\": expected rrf or convex");
+                return Err(error("method", message));
+            }
+            None => self.k.is_some(),
+        };
+        let method = if rrf {
+            for (param, given) in
+                [("alpha", self.alpha.is_some()), ("normalization", self.normalization.is_some())]
+            {
+                if given {
+                    return Err(error(param, "is for the convex method, not rrf".to_string()));
+                }
+            }
+            let k = self.k.unwrap_or(Fusion::DEFAULT_RRF_K);
+            if !(k >= 0.0 && k.is_finite()) {
+                return Err(error("k", format!("must be a number of 0 or more (found {k})")));
+            }
+            FusionMethod::Rrf { k }
+        } else {
+            if self.k.is_some() {
+                return Err(error("k", "is for the rrf method, not convex".to_string()));
+            }
+            let alpha = self.alpha.unwrap_or(Fusion::DEFAULT_ALPHA);
+            if !(0.0..=1.0).contains(&alpha) {
+                return Err(error("alpha", format!("must be between 0 and 1 (found {alpha})")));
+            }
+            let normalization = match self.normalization.as_deref() {
+                Some(name) => name.parse().map_err(|message| error("normalization", message))?,
+                None => Fusion::DEFAULT_NORMALIZATION,
+            };
+            FusionMethod::Convex { alpha, normalization }
+        };
+        let depth = self.depth.unwrap_or(Fusion::DEFAULT_DEPTH);
+        if depth == 0 {
+            return Err(error("depth", "must be at least 1".to_string()));
+        }
+        Ok(Some(Fusion { method, depth }))
     }
 }
 
@@ -288,11 +365,11 @@ pub fn candidates(
     request: &SearchRequest,
     depth: usize,
 ) -> Result<Candidates, SearchError> {
-    let side = |mode_search: fn(&Collection, &SearchRequest) -> Result<Vec<Hit>, SearchError>| {
+    let side = |mode_search: fn(&Collection, &SearchRequest) -> Result<Results, SearchError>| {
         let mut side_request = request.clone();
         (side_request.limit, side_request.offset, side_request.with_documents) = (depth, 0, false);
         mode_search(collection, &side_request)
-            .map(|hits| hits.into_iter().map(|hit| (hit.id, hit.score)).collect::<Ranking>())
+            .map(|found| found.hits.into_iter().map(|hit| (hit.id, hit.score)).collect::<Ranking>())
     };
     Ok(Candidates { keyword: side(keyword::search)?, semantic: side(semantic::search)? })
 }
@@ -300,31 +377,28 @@ pub fn candidates(
 pub(crate) fn search(
     collection: &Collection,
     request: &SearchRequest,
-) -> Result<Vec<Hit>, SearchError> {
+) -> Result<Results, SearchError> {
     let fusion = match request.fusion {
         Some(fusion) => fusion,
         None => Fusion::default_for(collection)?,
     };
-    if request.limit == 0 {
-        return Ok(Vec::new());
-    }
     let found = candidates(collection, request, fusion.depth)?;
-    let mut hits: Vec<Hit> = fuse(&found.keyword, &found.semantic, &fusion)
+    let fused = fuse(&found.keyword, &found.semantic, &fusion);
+    let total = fused.len();
+    let mut hits: Vec<Hit> = fused
         .into_iter()
         .skip(request.offset)
         .take(request.limit)
-        .map(|fused| Hit {
-            id: fused.id,
-            score: fused.explanation.fused,
-            title: None,
-            snippet: None,
-            explanation: Some(fused.explanation),
+        .map(|fused| {
+            let mut hit = Hit::ranked(fused.id, fused.explanation.fused);
+            hit.explanation = Some(fused.explanation);
+            hit
         })
         .collect();
     if request.with_documents {
-        semantic::fill_documents_by_id(collection, &mut hits, &request.query)?;
+        semantic::fill_documents_by_id(collection, &mut hits, request)?;
     }
-    Ok(hits)
+    Ok(Results { hits, total })
 }
 
 #[cfg(test)]

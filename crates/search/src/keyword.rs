@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 
 use cloze_index::{analyze, Collection};
-use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, Searcher, Term};
 
-use crate::{Hit, SearchError, SearchRequest};
+use crate::{Explanation, Hit, Results, SearchError, SearchRequest, SideScore};
 
 /// The longest snippet, in characters.
 const SNIPPET_CHARS: usize = 200;
@@ -17,12 +17,12 @@ const SNIPPET_CHARS: usize = 200;
 pub(crate) fn search(
     collection: &Collection,
     request: &SearchRequest,
-) -> Result<Vec<Hit>, SearchError> {
+) -> Result<Results, SearchError> {
     let tantivy_error =
         |source| SearchError::Tantivy { collection: collection.name().to_string(), source };
     let terms = analyze(&mut collection.analyzer(), &request.query);
-    if terms.is_empty() || request.limit == 0 {
-        return Ok(Vec::new());
+    if terms.is_empty() {
+        return Ok(Results { hits: Vec::new(), total: 0 });
     }
     let body = collection.fields().body;
     // Every query term is an optional clause, repeats included, so a term said twice weighs
@@ -35,52 +35,83 @@ pub(crate) fn search(
             (Occur::Should, Box::new(query) as Box<dyn Query>)
         })
         .collect();
+    let mut query: Box<dyn Query> = Box::new(BooleanQuery::new(clauses));
+    if let Some(filter) = &request.filter {
+        // The filter decides which documents count, not how they rank.
+        let filter = Box::new(ConstScoreQuery::new(filter.query(collection), 0.0));
+        query = Box::new(BooleanQuery::new(vec![(Occur::Must, query), (Occur::Must, filter)]));
+    }
     let searcher = collection.searcher();
-    let collector = TopDocs::with_limit(request.limit).and_offset(request.offset).order_by_score();
-    let top = searcher.search(&BooleanQuery::new(clauses), &collector).map_err(tantivy_error)?;
+    let top = TopDocs::with_limit(request.limit.max(1)).and_offset(request.offset).order_by_score();
+    let (top, total) = searcher.search(query.as_ref(), &(top, Count)).map_err(tantivy_error)?;
+    let top = &top[..top.len().min(request.limit)];
     let addresses: Vec<_> = top.iter().map(|(_, address)| *address).collect();
     let ids = collection.ids(&searcher, &addresses)?;
     let mut hits: Vec<Hit> = top
         .iter()
         .zip(ids)
-        .map(|((score, _), id)| Hit {
-            id,
-            score: *score,
-            title: None,
-            snippet: None,
-            explanation: None,
+        .enumerate()
+        .map(|(i, ((score, _), id))| {
+            let mut hit = Hit::ranked(id, *score);
+            let side = SideScore { rank: request.offset + i + 1, score: *score };
+            hit.explanation =
+                Some(Explanation { keyword: Some(side), semantic: None, fused: *score });
+            hit
         })
         .collect();
     if request.with_documents {
-        fill_documents(collection, &searcher, &mut hits, &addresses, &terms)?;
+        fill_documents(collection, &searcher, &mut hits, &addresses, &terms, request.highlight)?;
     }
-    Ok(hits)
+    Ok(Results { hits, total })
 }
 
-/// Gives each hit its title and the passage of its text that best matches the query terms
-/// (the text's start if none does).
+/// Gives each hit its title, metadata and the passage of its text that best matches the query
+/// terms (the text's start if none does), and with `highlight` that passage as HTML with the
+/// terms marked.
 pub(crate) fn fill_documents(
     collection: &Collection,
     searcher: &Searcher,
     hits: &mut [Hit],
     addresses: &[DocAddress],
     terms: &[String],
+    highlight: bool,
 ) -> Result<(), SearchError> {
     let snippets = snippet_generator(collection, searcher, terms).map_err(|source| {
         SearchError::Tantivy { collection: collection.name().to_string(), source }
     })?;
     for (hit, address) in hits.iter_mut().zip(addresses) {
         let document = collection.stored_document(searcher, *address)?;
-        let snippet = snippets.snippet(&document.text);
-        let snippet = if snippet.is_empty() {
-            document.text.chars().take(SNIPPET_CHARS).collect()
+        let mut snippet = snippets.snippet(&document.text);
+        let (plain, html) = if snippet.is_empty() {
+            let start: String = document.text.chars().take(SNIPPET_CHARS).collect();
+            let html = escape_html(&start);
+            (start, html)
         } else {
-            snippet.fragment().to_string()
+            snippet.set_snippet_prefix_postfix("<em>", "</em>");
+            (snippet.fragment().to_string(), snippet.to_html())
         };
         hit.title = Some(document.title);
-        hit.snippet = Some(snippet);
+        hit.snippet = Some(plain);
+        hit.highlight = highlight.then_some(html);
+        hit.metadata = (!document.metadata.is_empty()).then_some(document.metadata);
     }
     Ok(())
+}
+
+/// Text made safe to place in HTML, as tantivy escapes the text around highlighted terms.
+fn escape_html(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#x27;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 /// Picks the passage with the most (and rarest) query terms, analysing the stored text with the
@@ -111,7 +142,9 @@ mod tests {
     use cloze_corpus::Document;
     use cloze_index::{AnalyzerSettings, DataDir, IndexError};
 
-    use crate::{search, Mode, SearchRequest};
+    use serde_json::json;
+
+    use crate::{search, Filter, Mode, SearchRequest};
 
     fn collection(dir: &std::path::Path, docs: &[(&str, &str, &str)]) -> cloze_index::Collection {
         let mut collection =
@@ -139,8 +172,9 @@ mod tests {
                 ("3", "Birds", "Nothing relevant here."),
             ],
         );
-        let hits =
-            search(&collection, &SearchRequest::new("running dog", Mode::Keyword, 10)).unwrap();
+        let hits = search(&collection, &SearchRequest::new("running dog", Mode::Keyword, 10))
+            .unwrap()
+            .hits;
         let ids: Vec<&str> = hits.iter().map(|hit| hit.id.as_str()).collect();
         assert_eq!(ids, ["2", "1"]);
         assert!(hits[0].score > hits[1].score);
@@ -150,8 +184,65 @@ mod tests {
         let mut second_page = SearchRequest::new("running dog", Mode::Keyword, 1);
         second_page.offset = 1;
         second_page.with_documents = false;
-        let hits = search(&collection, &second_page).unwrap();
+        let hits = search(&collection, &second_page).unwrap().hits;
         assert_eq!((hits.len(), hits[0].id.as_str(), hits[0].title.as_ref()), (1, "1", None));
+    }
+
+    #[test]
+    fn filters_count_and_highlight() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut collection =
+            DataDir::new(dir.path()).create("test", AnalyzerSettings::default(), None).unwrap();
+        let metadata = [
+            json!({"year": 1999, "lang": "en", "tags": ["bio", "med"], "open": true}),
+            json!({"year": 2005, "lang": "en", "tags": ["med"], "open": false}),
+            json!({"year": 2012.5, "lang": "fr", "nested": {"score": -3}}),
+            json!({}),
+        ];
+        let documents = metadata.iter().enumerate().map(|(i, metadata)| {
+            Ok::<_, IndexError>(Document {
+                id: format!("d{i}"),
+                title: String::new(),
+                text: format!("dogs & cats <{i}> dogs"),
+                metadata: metadata.as_object().unwrap().clone(),
+            })
+        });
+        collection.ingest(documents, || {}).unwrap();
+        let found = |filter: serde_json::Value| {
+            let mut request = SearchRequest::new("dogs", Mode::Keyword, 10);
+            request.filter = Some(Filter::from_json(&filter).unwrap());
+            let results = search(&collection, &request).unwrap();
+            let mut ids: Vec<String> = results.hits.into_iter().map(|hit| hit.id).collect();
+            ids.sort();
+            assert_eq!(ids.len(), results.total);
+            ids
+        };
+        assert_eq!(found(json!({"lang": "en"})), ["d0", "d1"]);
+        assert_eq!(found(json!({"lang": ["fr", "de"]})), ["d2"]);
+        assert_eq!(found(json!({"tags": "med"})), ["d0", "d1"]);
+        assert_eq!(found(json!({"year": 2005})), ["d1"]);
+        assert_eq!(found(json!({"year": {"gt": 1999, "lte": 2012.5}})), ["d1", "d2"]);
+        assert_eq!(found(json!({"year": {"lt": 2005}, "lang": "en"})), ["d0"]);
+        assert_eq!(found(json!({"open": false})), ["d1"]);
+        assert_eq!(found(json!({"nested.score": {"lt": 0}})), ["d2"]);
+        assert!(found(json!({"missing": "x"})).is_empty());
+
+        let mut request = SearchRequest::new("dogs", Mode::Keyword, 1);
+        request.highlight = true;
+        let results = search(&collection, &request).unwrap();
+        assert_eq!(results.total, 4);
+        let hit = &results.hits[0];
+        assert_eq!(
+            hit.highlight.as_deref(),
+            Some("<em>dogs</em> &amp; cats &lt;0&gt; <em>dogs</em>")
+        );
+        assert_eq!(hit.snippet.as_deref(), Some("dogs & cats <0> dogs"));
+        assert_eq!(hit.metadata.as_ref().unwrap()["lang"], "en");
+        let explanation = hit.explanation.as_ref().unwrap();
+        assert_eq!(explanation.keyword.unwrap().rank, 1);
+        request.limit = 0;
+        let counted = search(&collection, &request).unwrap();
+        assert_eq!((counted.hits.len(), counted.total), (0, 4));
     }
 
     #[test]
@@ -161,11 +252,15 @@ mod tests {
         for query in ["", "   ", "the of and", "?!"] {
             assert!(search(&collection, &SearchRequest::new(query, Mode::Keyword, 10))
                 .unwrap()
+                .hits
                 .is_empty());
         }
         let empty =
             DataDir::new(dir.path()).create("empty", AnalyzerSettings::default(), None).unwrap();
-        assert!(search(&empty, &SearchRequest::new("dog", Mode::Keyword, 10)).unwrap().is_empty());
+        assert!(search(&empty, &SearchRequest::new("dog", Mode::Keyword, 10))
+            .unwrap()
+            .hits
+            .is_empty());
     }
 
     #[test]
@@ -176,7 +271,8 @@ mod tests {
             &collection,
             &SearchRequest::new("\"vitamin:(d) -deficiency\" AND [", Mode::Keyword, 10),
         )
-        .unwrap();
+        .unwrap()
+        .hits;
         assert_eq!(hits.len(), 1);
     }
 }

@@ -4,15 +4,17 @@
 //! [`search`] answers with ranked [`Hit`]s. Keyword mode is BM25 over each document's title and
 //! text, with the query analysed by the collection's own analyzer; semantic mode embeds the
 //! query with the collection's model and ranks documents by cosine similarity in its HNSW graph;
-//! hybrid mode fuses the two rankings.
+//! hybrid mode fuses the two rankings. A [`Filter`] on stored metadata narrows every mode alike.
 
+mod filter;
 mod hybrid;
 mod keyword;
 mod semantic;
 
+pub use filter::{Condition, Filter, FilterError, Scalar, Test};
 pub use hybrid::{
-    candidates, fuse, Candidates, Explanation, Fused, Fusion, FusionMethod, Normalization, Ranking,
-    SideScore,
+    candidates, fuse, Candidates, Explanation, Fused, Fusion, FusionMethod, FusionParamError,
+    FusionParams, Normalization, Ranking, SideScore,
 };
 
 use std::fmt;
@@ -20,6 +22,7 @@ use std::str::FromStr;
 
 use cloze_index::{Collection, IndexError};
 use serde::Serialize;
+use serde_json::{Map, Value};
 
 /// How hits are ranked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,6 +83,10 @@ pub struct SearchRequest {
     /// Hybrid mode: how to fuse [default: the collection's saved default, else
     /// `Fusion::default()`].
     pub fusion: Option<Fusion>,
+    /// Only documents whose metadata pass this filter.
+    pub filter: Option<Filter>,
+    /// With documents: also give each hit its snippet as HTML with the query's terms marked.
+    pub highlight: bool,
 }
 
 impl SearchRequest {
@@ -93,6 +100,8 @@ impl SearchRequest {
             with_documents: true,
             ef_search: None,
             fusion: None,
+            filter: None,
+            highlight: false,
         }
     }
 }
@@ -107,9 +116,40 @@ pub struct Hit {
     /// The passage of the text that best matches the query (the text's start if none does).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub snippet: Option<String>,
-    /// Hybrid mode: each side's rank and score, and the fused score.
+    /// The snippet as HTML, with the query's terms in `<em>` (when highlighting was asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub highlight: Option<String>,
+    /// The document's other stored fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+    /// The hit's rank and score on each side that found it, and its final score.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explanation: Option<Explanation>,
+}
+
+impl Hit {
+    /// A hit with only its ranking: documents and explanation are filled in later.
+    pub(crate) fn ranked(id: String, score: f32) -> Hit {
+        Hit {
+            id,
+            score,
+            title: None,
+            snippet: None,
+            highlight: None,
+            metadata: None,
+            explanation: None,
+        }
+    }
+}
+
+/// The answer to a search: one page of hits, and how many documents the ranking holds in all.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Results {
+    pub hits: Vec<Hit>,
+    /// How many hits paging can reach: in keyword mode the documents that match a query term
+    /// (and the filter), in semantic mode every document with a vector that passes the
+    /// filter, in hybrid mode the union of both sides' candidates.
+    pub total: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,7 +171,7 @@ pub enum SearchError {
 
 /// Runs one search against the committed documents of `collection`. A query with no searchable
 /// terms (empty, or only stop words) has no hits.
-pub fn search(collection: &Collection, request: &SearchRequest) -> Result<Vec<Hit>, SearchError> {
+pub fn search(collection: &Collection, request: &SearchRequest) -> Result<Results, SearchError> {
     match request.mode {
         Mode::Keyword => keyword::search(collection, request),
         Mode::Semantic => semantic::search(collection, request),

@@ -4,40 +4,49 @@
 use cloze_index::{analyze, Collection};
 
 use crate::keyword::fill_documents;
-use crate::{Hit, SearchError, SearchRequest};
+use crate::{Explanation, Hit, Results, SearchError, SearchRequest, SideScore};
 
 pub(crate) fn search(
     collection: &Collection,
     request: &SearchRequest,
-) -> Result<Vec<Hit>, SearchError> {
-    if request.query.trim().is_empty() || request.limit == 0 {
-        return Ok(Vec::new());
+) -> Result<Results, SearchError> {
+    if request.query.trim().is_empty() {
+        return Ok(Results { hits: Vec::new(), total: 0 });
     }
     let query = collection.encoder()?.encode(&[&request.query])?.remove(0);
+    let allowed = match &request.filter {
+        Some(filter) => Some(filter.document_ids(collection, &collection.searcher())?),
+        None => None,
+    };
+    let total = match &allowed {
+        Some(allowed) => allowed.len(),
+        None => collection.vector_document_count() as usize,
+    };
     let wanted = request.offset.saturating_add(request.limit);
-    let neighbours = collection.nearest(&query, wanted, request.ef_search)?;
+    let neighbours = collection.nearest(&query, wanted, request.ef_search, allowed.as_ref())?;
     let mut hits: Vec<Hit> = neighbours
         .into_iter()
+        .enumerate()
         .skip(request.offset)
-        .map(|n| Hit {
-            id: n.id,
-            score: n.similarity,
-            title: None,
-            snippet: None,
-            explanation: None,
+        .map(|(i, n)| {
+            let mut hit = Hit::ranked(n.id, n.similarity);
+            let side = SideScore { rank: i + 1, score: n.similarity };
+            hit.explanation =
+                Some(Explanation { keyword: None, semantic: Some(side), fused: n.similarity });
+            hit
         })
         .collect();
     if request.with_documents {
-        fill_documents_by_id(collection, &mut hits, &request.query)?;
+        fill_documents_by_id(collection, &mut hits, request)?;
     }
-    Ok(hits)
+    Ok(Results { hits, total })
 }
 
 /// Gives hits found by id (not through tantivy) their titles and snippets.
 pub(crate) fn fill_documents_by_id(
     collection: &Collection,
     hits: &mut [Hit],
-    query: &str,
+    request: &SearchRequest,
 ) -> Result<(), SearchError> {
     let searcher = collection.searcher();
     let mut addresses = Vec::with_capacity(hits.len());
@@ -50,6 +59,6 @@ pub(crate) fn fill_documents_by_id(
             })?;
         addresses.push(address);
     }
-    let terms = analyze(&mut collection.analyzer(), query);
-    fill_documents(collection, &searcher, hits, &addresses, &terms)
+    let terms = analyze(&mut collection.analyzer(), &request.query);
+    fill_documents(collection, &searcher, hits, &addresses, &terms, request.highlight)
 }

@@ -167,8 +167,8 @@ fn search_judged_queries(
         request.with_documents = false;
         request.ef_search = args.ef_search;
         request.fusion = fusion;
-        let hits = search(&collection, &request).with_context(|| format!("query \"{id}\""))?;
-        run.insert(id, hits.into_iter().map(|hit| (hit.id, f64::from(hit.score))).collect());
+        let found = search(&collection, &request).with_context(|| format!("query \"{id}\""))?;
+        run.insert(id, found.hits.into_iter().map(|hit| (hit.id, f64::from(hit.score))).collect());
         progress.inc(1);
     }
     progress.finish_and_clear();

@@ -1,6 +1,6 @@
-use anyhow::{bail, Result};
+use anyhow::{anyhow, Result};
 use clap::Args;
-use cloze_search::{Fusion, FusionMethod, Normalization};
+use cloze_search::{Fusion, FusionParams, Normalization};
 
 /// How `--mode hybrid` fuses keyword and semantic rankings: shared by search and eval.
 #[derive(Debug, Args)]
@@ -35,44 +35,21 @@ fn parse_normalization(name: &str) -> Result<Normalization, String> {
 impl FusionFlags {
     /// The fusion asked for, on top of the default; None if no flag was given.
     pub fn fusion(&self) -> Result<Option<Fusion>> {
-        let given = self.fusion.is_some()
-            || self.alpha.is_some()
-            || self.normalization.is_some()
-            || self.rrf_k.is_some()
-            || self.depth_per_side.is_some();
-        if !given {
-            return Ok(None);
-        }
-        let rrf = match self.fusion.as_deref() {
-            Some(method) => method == "rrf",
-            None => self.rrf_k.is_some(),
+        let params = FusionParams {
+            method: self.fusion.clone(),
+            alpha: self.alpha,
+            normalization: self.normalization.map(|n| n.name().to_string()),
+            k: self.rrf_k,
+            depth: self.depth_per_side,
         };
-        let method = if rrf {
-            if self.alpha.is_some() || self.normalization.is_some() {
-                bail!("--alpha and --normalization are for --fusion convex, not rrf");
-            }
-            let k = self.rrf_k.unwrap_or(Fusion::DEFAULT_RRF_K);
-            if !(k >= 0.0 && k.is_finite()) {
-                bail!("--rrf-k {k}: must be a number of 0 or more");
-            }
-            FusionMethod::Rrf { k }
-        } else {
-            if self.rrf_k.is_some() {
-                bail!("--rrf-k is for --fusion rrf, not convex");
-            }
-            let alpha = self.alpha.unwrap_or(Fusion::DEFAULT_ALPHA);
-            if !(0.0..=1.0).contains(&alpha) {
-                bail!("--alpha {alpha}: must be between 0 and 1");
-            }
-            FusionMethod::Convex {
-                alpha,
-                normalization: self.normalization.unwrap_or(Fusion::DEFAULT_NORMALIZATION),
-            }
-        };
-        let depth = self.depth_per_side.unwrap_or(Fusion::DEFAULT_DEPTH);
-        if depth == 0 {
-            bail!("--depth-per-side must be at least 1");
-        }
-        Ok(Some(Fusion { method, depth }))
+        params.fusion().map_err(|error| {
+            let flag = match error.param {
+                "method" => "fusion",
+                "k" => "rrf-k",
+                "depth" => "depth-per-side",
+                other => other,
+            };
+            anyhow!("--{flag}: {}", error.message)
+        })
     }
 }

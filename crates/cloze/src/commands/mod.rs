@@ -7,5 +7,6 @@ pub mod fields;
 pub mod fusion;
 pub mod index;
 pub mod search;
+pub mod serve;
 pub mod train;
 pub mod tune;

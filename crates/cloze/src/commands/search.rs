@@ -1,7 +1,7 @@
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use cloze_index::DataDir;
-use cloze_search::{search, Mode, SearchRequest};
+use cloze_search::{search, Filter, Mode, SearchRequest};
 
 /// Search a collection and print the best hits.
 #[derive(Debug, Args)]
@@ -31,7 +31,14 @@ pub struct SearchArgs {
     #[arg(long, default_value_t = 0)]
     offset: usize,
 
-    /// Print JSON: `{"hits": [{"id", "score", "title", "snippet"}]}`.
+    /// Only documents whose stored metadata pass this JSON filter, e.g.
+    /// '{"lang": "en", "year": {"gte": 2000, "lt": 2010}}' (a value, a list of values, or a
+    /// numeric range of gt/gte/lt/lte per field; every field must match).
+    #[arg(long, value_name = "JSON")]
+    filter: Option<String>,
+
+    /// Print JSON: `{"hits": [{"id", "score", "title", "snippet", "metadata", "explanation"}],
+    /// "total"}`.
     #[arg(long)]
     json: bool,
 
@@ -49,11 +56,16 @@ pub fn run(data_dir: &DataDir, args: SearchArgs) -> Result<()> {
     request.offset = args.offset;
     request.ef_search = args.ef_search;
     request.fusion = args.fusion.fusion()?;
-    let hits = search(&collection, &request)?;
+    if let Some(filter) = &args.filter {
+        let value = serde_json::from_str(filter).context("--filter is not valid JSON")?;
+        request.filter = Some(Filter::from_json(&value).context("--filter")?);
+    }
+    let results = search(&collection, &request)?;
     if args.json {
-        println!("{}", serde_json::json!({ "hits": hits }));
+        println!("{}", serde_json::to_string(&results)?);
         return Ok(());
     }
+    let hits = results.hits;
     if hits.is_empty() {
         println!("no hits");
         return Ok(());

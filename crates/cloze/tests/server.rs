@@ -1,0 +1,684 @@
+//! `cloze serve` end to end: a real server process on a free loopback port, driven over HTTP.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloze_tests::{beir_collection, small_model};
+use serde_json::{json, Value};
+
+struct Server {
+    child: Child,
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Server {
+    /// Starts `cloze serve` on port 0 and reads the address it chose from its first line.
+    fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cloze"))
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let address = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}"));
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(300)))
+            .build();
+        Server { child, base: address.to_string(), agent: config.into() }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let (status, text) = self.call_text(method, path, body);
+        let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"));
+        (status, value)
+    }
+
+    fn call_text(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        let url = format!("{}{path}", self.base);
+        let response = match (method, body) {
+            ("GET", _) => self.agent.get(&url).call(),
+            ("DELETE", _) => self.agent.delete(&url).call(),
+            ("PUT", body) => self.agent.put(&url).send(body.unwrap_or("")),
+            ("POST", body) => self.agent.post(&url).send(body.unwrap_or("")),
+            _ => unreachable!(),
+        };
+        let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.body_mut().with_config().limit(1 << 30).read_to_string().unwrap();
+        (status, text)
+    }
+
+    fn ok(&self, method: &str, path: &str, body: Option<&str>) -> Value {
+        let (status, value) = self.call(method, path, body);
+        assert!((200..300).contains(&status), "{method} {path}: {status} {value}");
+        value
+    }
+
+    /// Asks for a 4xx whose JSON error names `what`.
+    fn refused(&self, method: &str, path: &str, body: &str, status: u16, what: &str) -> Value {
+        let (got, value) = self.call(method, path, Some(body));
+        assert_eq!(got, status, "{method} {path} {body}: {value}");
+        assert_eq!(value["status"], status);
+        let reason = value["error"]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains(what), "expected \"{what}\" in: {reason}");
+        value
+    }
+
+    fn search(&self, collection: &str, request: Value) -> Value {
+        self.ok("POST", &format!("/collections/{collection}/_search"), Some(&request.to_string()))
+    }
+
+    /// SIGTERM, then waits: a clean stop exits with success.
+    fn stop(mut self) {
+        let pid = self.child.id() as libc::pid_t;
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the server exited with {status}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The first `count` SciFact documents, as the NDJSON lines they are in the corpus file.
+fn scifact_lines(range: std::ops::Range<usize>) -> (String, Vec<String>) {
+    let corpus = std::fs::read_to_string(beir_collection("scifact").corpus).unwrap();
+    let lines: Vec<&str> = corpus.lines().skip(range.start).take(range.len()).collect();
+    let ids = lines
+        .iter()
+        .map(|line| {
+            serde_json::from_str::<Value>(line).unwrap()["_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    (lines.join("\n") + "\n", ids)
+}
+
+fn model(dir: &Path) -> PathBuf {
+    let corpus = std::fs::read_to_string(beir_collection("scifact").corpus).unwrap();
+    let texts: Vec<&str> = corpus.lines().take(300).collect();
+    small_model(&dir.join("model"), &texts, 64, 7)
+}
+
+fn ids(hits: &Value) -> Vec<&str> {
+    hits["hits"].as_array().unwrap().iter().map(|hit| hit["id"].as_str().unwrap()).collect()
+}
+
+#[test]
+fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("index");
+    let model = model(work.path());
+    let server = Server::start(&data, &[]);
+
+    assert_eq!(server.ok("GET", "/health", None)["status"], "ok");
+    assert_eq!(server.ok("GET", "/collections", None)["collections"], json!([]));
+    let (status, page) = server.call_text("GET", "/", None);
+    assert_eq!(status, 200);
+    assert!(page.contains("Cloze search") && page.contains("no collection yet"));
+
+    let created = server.ok(
+        "PUT",
+        "/collections/sf",
+        Some(&json!({"model": model, "hnsw": {"m": 12}}).to_string()),
+    );
+    assert_eq!(created["settings"]["semantic"]["hnsw"]["m"], 12);
+    server.ok("PUT", "/collections/plain", Some("{}"));
+
+    // BEIR lines are documents carrying their own _id.
+    let (first, first_ids) = scifact_lines(0..400);
+    let bulk = server.ok("POST", "/collections/sf/_bulk", Some(&first));
+    assert_eq!(bulk["items"].as_array().unwrap().len(), 400);
+    assert_eq!(bulk["items"][0]["index"]["result"], "created");
+
+    // Reads go on while a bulk ingest runs, and see the collection before or after it.
+    let (second, second_ids) = scifact_lines(400..800);
+    let ingesting = Arc::new(AtomicBool::new(true));
+    let searches_during_ingest = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let result = server.ok("POST", "/collections/sf/_bulk", Some(&second));
+            ingesting.store(false, Ordering::SeqCst);
+            result
+        });
+        let mut during = 0;
+        while ingesting.load(Ordering::SeqCst) {
+            let found = server.search("sf", json!({"q": "cancer", "mode": "hybrid", "k": 5}));
+            assert_eq!(ids(&found).len(), 5);
+            let total = server.ok("GET", "/collections/sf", None)["documents"].as_u64().unwrap();
+            assert!(total == 400 || total == 800, "{total}");
+            during += ingesting.load(Ordering::SeqCst) as usize;
+        }
+        assert_eq!(writer.join().unwrap()["errors"], false);
+        during
+    });
+    assert!(searches_during_ingest > 0, "no search ran while the bulk ingest did");
+    let described = server.ok("GET", "/collections/sf", None);
+    assert_eq!(
+        (described["documents"].as_u64(), described["vectors"].as_u64()),
+        (Some(800), Some(800))
+    );
+
+    // All three modes.
+    let title = "Microstructural development of human newborn cerebral white matter assessed in vivo by diffusion tensor magnetic resonance imaging.";
+    let keyword =
+        server.search("sf", json!({"q": title, "k": 3, "highlight": true, "explain": true}));
+    assert_eq!(ids(&keyword)[0], first_ids[0]);
+    assert!(keyword["total"].as_u64().unwrap() > 3);
+    assert!(keyword["hits"][0]["highlight"].as_str().unwrap().contains("<em>"));
+    assert_eq!(keyword["hits"][0]["explanation"]["keyword"]["rank"], 1);
+    let semantic = server.search("sf", json!({"q": title, "mode": "semantic", "k": 4}));
+    assert_eq!(semantic["mode"], "semantic");
+    assert_eq!(ids(&semantic).len(), 4);
+    assert!(semantic["hits"][0].get("explanation").is_none(), "explanations only when asked");
+    let hybrid = server.search(
+        "sf",
+        json!({"q": title, "mode": "hybrid", "k": 10, "explain": true, "fusion": {"method": "rrf", "k": 60}}),
+    );
+    // Each hit explains its fused score: the sum of 1 / (60 + rank) over the sides that found it.
+    for hit in hybrid["hits"].as_array().unwrap() {
+        let explanation = &hit["explanation"];
+        let side =
+            |name: &str| explanation[name]["rank"].as_f64().map_or(0.0, |rank| 1.0 / (60.0 + rank));
+        let fused = side("keyword") + side("semantic");
+        assert!((hit["score"].as_f64().unwrap() - fused).abs() < 1e-6, "{hit}");
+        assert_eq!(hit["score"], explanation["fused"]);
+    }
+    let page = server.search("sf", json!({"q": "cancer", "k": 5, "offset": 5}));
+    let both = server.search("sf", json!({"q": "cancer", "k": 10}));
+    assert_eq!(ids(&page), ids(&both)[5..]);
+
+    // Metadata filters, in every mode.
+    let tagged = "{\"index\": {\"_id\": \"t1\"}}\n{\"title\": \"Tagged\", \"text\": \"cancer study one\", \"year\": 1999, \"lang\": \"en\"}\n\
+                  {\"_id\": \"t2\", \"text\": \"cancer study two\", \"year\": 2012, \"lang\": \"fr\"}\n";
+    server.ok("POST", "/collections/sf/_bulk", Some(tagged));
+    for mode in ["keyword", "semantic", "hybrid"] {
+        let only = |filter: Value| {
+            ids(&server.search("sf", json!({"q": "cancer study", "mode": mode, "filter": filter})))
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(only(json!({"lang": "fr"})), ["t2"], "{mode}");
+        assert_eq!(only(json!({"year": {"lt": 2000}})), ["t1"], "{mode}");
+        assert_eq!(only(json!({"year": {"gte": 1999}, "lang": ["en", "fr"]})).len(), 2, "{mode}");
+    }
+    let document = server.ok("GET", "/collections/sf/documents/t2", None);
+    assert_eq!(
+        (document["text"].as_str(), document["metadata"]["year"].as_u64()),
+        (Some("cancer study two"), Some(2012))
+    );
+
+    // Evaluation over HTTP agrees with `cloze eval` on the same judgments.
+    let scifact = beir_collection("scifact");
+    let loaded: std::collections::HashSet<&String> = first_ids.iter().chain(&second_ids).collect();
+    let qrels_text = std::fs::read_to_string(&scifact.test_qrels).unwrap();
+    let mut judged: std::collections::BTreeMap<&str, Vec<(&str, i64)>> = Default::default();
+    for line in qrels_text.lines().skip(1) {
+        let columns: Vec<&str> = line.split('\t').collect();
+        judged
+            .entry(columns[0])
+            .or_default()
+            .push((columns[1], columns[2].trim().parse().unwrap()));
+    }
+    judged.retain(|_, ratings| ratings.iter().all(|(doc, _)| loaded.contains(&doc.to_string())));
+    assert!(judged.len() >= 30, "{}", judged.len());
+    let queries: std::collections::HashMap<String, String> =
+        std::fs::read_to_string(&scifact.queries)
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let query: Value = serde_json::from_str(line).unwrap();
+                (
+                    query["_id"].as_str().unwrap().to_string(),
+                    query["text"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+    let requests: Vec<Value> = judged
+        .iter()
+        .map(|(id, ratings)| {
+            let ratings: Vec<Value> =
+                ratings.iter().map(|(doc, grade)| json!({"_id": doc, "rating": grade})).collect();
+            json!({"id": id, "query": queries[*id], "ratings": ratings})
+        })
+        .collect();
+    let subset_qrels = work.path().join("qrels.tsv");
+    let mut tsv = String::from("query-id\tcorpus-id\tscore\n");
+    for (id, ratings) in &judged {
+        for (doc, grade) in ratings {
+            tsv.push_str(&format!("{id}\t{doc}\t{grade}\n"));
+        }
+    }
+    std::fs::write(&subset_qrels, tsv).unwrap();
+    for mode in ["keyword", "hybrid"] {
+        let body =
+            json!({"requests": requests, "mode": mode, "metrics": ["ndcg@10", "recall@100"]});
+        let scored = server.ok("POST", "/collections/sf/_rank_eval", Some(&body.to_string()));
+        assert_eq!(scored["queries"], judged.len());
+        let cli = Command::new(env!("CARGO_BIN_EXE_cloze"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["eval", "--collection", "sf", "--mode", mode, "--depth", "100", "--json"])
+            .args(["--metrics", "ndcg@10,recall@100", "--queries"])
+            .arg(&scifact.queries)
+            .arg("--qrels")
+            .arg(&subset_qrels)
+            .output()
+            .unwrap();
+        assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+        let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+        for metric in ["ndcg@10", "recall@100"] {
+            let (http, cli) =
+                (scored["metrics"][metric].as_f64().unwrap(), cli[metric].as_f64().unwrap());
+            assert!((http - cli).abs() < 1e-9, "{mode} {metric}: HTTP {http}, cloze eval {cli}");
+        }
+        if mode == "keyword" {
+            assert!(scored["metrics"]["ndcg@10"].as_f64().unwrap() > 0.5, "{scored}");
+        }
+    }
+
+    // Deletes reach both indexes.
+    server.ok("DELETE", &format!("/collections/sf/documents/{}", first_ids[0]), None);
+    server.refused(
+        "GET",
+        &format!("/collections/sf/documents/{}", first_ids[0]),
+        "",
+        404,
+        "no document",
+    );
+    let after = server.search("sf", json!({"q": title, "mode": "hybrid", "k": 50}));
+    assert!(!ids(&after).contains(&first_ids[0].as_str()));
+    server.ok("DELETE", "/collections/plain", None);
+    server.refused("GET", "/collections/plain", "", 404, "no collection named \"plain\"");
+
+    // A restart loses nothing.
+    let before = server.search("sf", json!({"q": "cancer", "mode": "hybrid", "k": 10}));
+    let metrics = server.call_text("GET", "/metrics", None).1;
+    assert!(metrics.contains("cloze_http_requests_total{method=\"POST\",route=\"/collections/{name}/_search\",status=\"200\"}"));
+    assert!(metrics.contains("cloze_collection_documents{collection=\"sf\"} 801"), "{metrics}");
+    server.stop();
+    let server = Server::start(&data, &[]);
+    let names: Vec<Value> = server.ok("GET", "/collections", None)["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| json!([c["name"], c["documents"], c["vectors"]]))
+        .collect();
+    assert_eq!(names, [json!(["sf", 801, 801])]);
+    let again = server.search("sf", json!({"q": "cancer", "mode": "hybrid", "k": 10}));
+    assert_eq!(again["hits"], before["hits"]);
+    server.stop();
+}
+
+#[test]
+fn bad_requests_get_a_4xx_that_says_what_and_where_and_change_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start(&work.path().join("index"), &["--max-body-bytes", "100000"]);
+    server.ok("PUT", "/collections/c", Some(""));
+    server.ok(
+        "POST",
+        "/collections/c/_bulk",
+        Some("{\"_id\": \"1\", \"text\": \"dogs and cats\"}\n"),
+    );
+
+    let search = "/collections/c/_search";
+    server.refused("POST", search, "{\"q\": \"dogs\"", 400, "not valid JSON");
+    server.refused(
+        "POST",
+        search,
+        "{\"q\": \"dogs\", \"size\": 3}",
+        400,
+        "size: unknown field `size`",
+    );
+    server.refused(
+        "POST",
+        search,
+        "{\"q\": \"dogs\", \"k\": \"ten\"}",
+        400,
+        "k: invalid type: string",
+    );
+    server.refused(
+        "POST",
+        search,
+        "{\"q\": \"dogs\", \"k\": 0}",
+        400,
+        "k: must be between 1 and 10000",
+    );
+    server.refused(
+        "POST",
+        search,
+        "{\"q\": \"dogs\", \"k\": 1000000}",
+        400,
+        "k: must be between 1 and 10000",
+    );
+    server.refused(
+        "POST",
+        search,
+        "{\"q\": \"dogs\", \"k\": 10, \"offset\": 9995}",
+        400,
+        "offset: offset + k",
+    );
+    server.refused("POST", search, "{\"k\": 3}", 400, "missing field `q`");
+    server.refused(
+        "POST",
+        search,
+        "{\"q\": \"dogs\", \"mode\": \"fuzzy\"}",
+        400,
+        "mode: unknown search mode",
+    );
+    server.refused(
+        "POST",
+        search,
+        "{\"q\": \"dogs\", \"mode\": \"semantic\"}",
+        400,
+        "needs a collection with a model",
+    );
+    server.refused(
+        "POST",
+        search,
+        "{\"q\": \"d\", \"fusion\": {\"alpha\": 2}}",
+        400,
+        "fusion.alpha: must be between 0 and 1",
+    );
+    server.refused(
+        "POST",
+        search,
+        "{\"q\": \"d\", \"filter\": {\"year\": {\"after\": 1}}}",
+        400,
+        "filter.year.after: unknown operator",
+    );
+    server.refused(
+        "POST",
+        "/collections/nope/_search",
+        "{\"q\": \"dogs\"}",
+        404,
+        "no collection named \"nope\"",
+    );
+    server.refused("PUT", "/collections/c", "{}", 409, "already exists");
+    server.refused("PUT", "/collections/bad*name", "{}", 400, "invalid collection name");
+    server.refused(
+        "PUT",
+        "/collections/d",
+        "{\"analyzer\": \"klingon\"}",
+        400,
+        "analyzer: unknown preset",
+    );
+    server.refused("PUT", "/collections/d", "{\"model\": \"/no/such/model\"}", 400, "model:");
+    server.refused(
+        "POST",
+        "/collections/c/_rank_eval",
+        "{\"requests\": []}",
+        400,
+        "requests: give at least one",
+    );
+    server.refused(
+        "POST",
+        "/collections/c/_rank_eval",
+        "{\"requests\": [{\"id\": \"q\", \"query\": \"dogs\", \"ratings\": [{\"_id\": \"1\", \"rating\": 1}]}], \"metrics\": [\"ndcg@ten\"]}",
+        400,
+        "metrics[0]:",
+    );
+    server.refused("GET", "/collections/c/nowhere", "", 404, "no route GET /collections/c/nowhere");
+    assert!(
+        server.call("GET", "/collections/d", None).0 == 404,
+        "a refused create left a collection"
+    );
+
+    // A bulk request with a wrong line applies none of its lines and lists the wrong ones.
+    let bulk = "{\"_id\": \"2\", \"text\": \"new\"}\n{\"delete\": {\"_id\": \"1\"}}\nnot json\n{\"_id\": \"3\"}\n";
+    let refused =
+        server.refused("POST", "/collections/c/_bulk", bulk, 400, "line 3: not valid JSON");
+    assert_eq!(
+        refused["items"],
+        json!([
+            {"line": 3, "reason": refused["items"][0]["reason"]},
+            {"line": 4, "reason": "missing field \"text\""},
+        ])
+    );
+    let hits = server.search("c", json!({"q": "dogs new"}));
+    assert_eq!(ids(&hits), ["1"], "a refused bulk changed the collection");
+
+    // Bodies over the limit are refused before they are read, whatever their content.
+    let huge = format!("{{\"q\": \"{}\"}}", "x".repeat(200_000));
+    server.refused("POST", search, &huge, 413, "over the limit of 100000 bytes");
+    server.refused("POST", "/collections/c/_bulk", &huge, 413, "max_body_bytes");
+    assert_eq!(server.ok("GET", "/collections/c", None)["documents"], 1);
+}
+
+/// Every route the OpenAPI document lists answers (none falls through to "no route"), and the
+/// document lists every route the service answers.
+#[test]
+fn the_openapi_document_describes_the_routes_there_are() {
+    let work = tempfile::tempdir().unwrap();
+    let server = Server::start(&work.path().join("index"), &[]);
+    let spec = server.ok("GET", "/openapi.json", None);
+    assert_eq!(spec, serde_json::from_str::<Value>(cloze_server::OPENAPI).unwrap());
+    let mut listed = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys().filter(|key| *key != "parameters") {
+            let concrete = path.replace("{name}", "c").replace("{id}", "1");
+            let (_, body) = server.call_text(&method.to_uppercase(), &concrete, Some("{}"));
+            assert!(!body.contains("no_route"), "{method} {path}: {body}");
+            listed.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    listed.sort();
+    let expected = [
+        "DELETE /collections/{name}",
+        "DELETE /collections/{name}/documents/{id}",
+        "GET /",
+        "GET /collections",
+        "GET /collections/{name}",
+        "GET /collections/{name}/documents/{id}",
+        "GET /health",
+        "GET /metrics",
+        "GET /openapi.json",
+        "POST /collections/{name}/_bulk",
+        "POST /collections/{name}/_rank_eval",
+        "POST /collections/{name}/_search",
+        "PUT /collections/{name}",
+    ];
+    assert_eq!(listed, expected);
+    server.stop();
+}
+
+#[test]
+fn a_shutdown_signal_lets_a_bulk_ingest_in_flight_finish_and_commit() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("index");
+    let model = model(work.path());
+    let server = Server::start(&data, &[]);
+    server.ok("PUT", "/collections/sf", Some(&json!({"model": model}).to_string()));
+    let (lines, ids) = scifact_lines(0..600);
+    let pid = server.child.id() as libc::pid_t;
+    let response = std::thread::scope(|scope| {
+        let bulk = scope.spawn(|| server.call("POST", "/collections/sf/_bulk", Some(&lines)));
+        // Wait until the server holds the request, then ask it to stop.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        bulk.join().unwrap()
+    });
+    assert_eq!(response.0, 200, "{}", response.1);
+    // It was still running when the signal came.
+    let took_ms = response.1["took_ms"].as_f64().unwrap();
+    assert!(took_ms > 300.0, "the bulk ingest took {took_ms} ms: make it longer");
+    let mut server = server;
+    assert!(server.child.wait().unwrap().success());
+    let server = Server::start(&data, &[]);
+    let described = server.ok("GET", "/collections/sf", None);
+    assert_eq!(described["documents"], ids.len());
+    server.ok("GET", &format!("/collections/sf/documents/{}", ids[599]), None);
+    server.stop();
+}
+
+/// A WebDriver session with headless Chromium (Debian's chromium and chromium-driver).
+struct Browser {
+    driver: Child,
+    session: String,
+    agent: ureq::Agent,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is not installed: run tests/install-deps.sh (Debian's chromium-driver)");
+        let profile = tempfile::tempdir().unwrap();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let base = format!("http://127.0.0.1:{port}");
+        for attempt in 0.. {
+            if agent.get(format!("{base}/status")).call().is_ok() {
+                break;
+            }
+            assert!(attempt < 100, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The flags that let Chromium run headless as root on a machine with no network.
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain([format!("--user-data-dir={}", profile.path().display())])
+        .collect::<Vec<_>>();
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args},
+        }}});
+        let mut browser = Browser { driver, session: String::new(), agent, _profile: profile };
+        let created = browser.command("POST", &format!("{base}/session"), Some(capabilities));
+        browser.session = format!("{base}/session/{}", created["sessionId"].as_str().unwrap());
+        browser
+    }
+
+    /// Sends a WebDriver command and returns its `value`.
+    fn command(&self, method: &str, url: &str, body: Option<Value>) -> Value {
+        let response = match method {
+            "GET" => self.agent.get(url).call(),
+            "DELETE" => self.agent.delete(url).call(),
+            _ => self.agent.post(url).send_json(body.unwrap_or(json!({}))),
+        };
+        let mut response = response.unwrap();
+        let status = response.status().as_u16();
+        let value: Value = response.body_mut().read_json().unwrap();
+        assert_eq!(status, 200, "{method} {url}: {value}");
+        value.get("value").cloned().unwrap_or(Value::Null)
+    }
+
+    fn session(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.command(method, &format!("{}{path}", self.session), body)
+    }
+
+    fn open(&self, url: &str) {
+        self.session("POST", "/url", Some(json!({"url": url})));
+    }
+
+    fn element(&self, css: &str) -> String {
+        let found =
+            self.session("POST", "/element", Some(json!({"using": "css selector", "value": css})));
+        found.as_object().unwrap().values().next().unwrap().as_str().unwrap().to_string()
+    }
+
+    fn script(&self, script: &str) -> Value {
+        self.session("POST", "/execute/sync", Some(json!({"script": script, "args": []})))
+    }
+
+    /// Runs `script` until it returns something other than null or false.
+    fn wait_for(&self, script: &str) -> Value {
+        for _ in 0..100 {
+            let value = self.script(script);
+            if !value.is_null() && value != json!(false) {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("timed out waiting for: {script}");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            let _ = self.agent.delete(&self.session).call();
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[test]
+fn the_search_page_shows_highlighted_results_as_a_person_types() {
+    let work = tempfile::tempdir().unwrap();
+    let model = model(work.path());
+    let server = Server::start(&work.path().join("index"), &[]);
+    let browser = Browser::start();
+
+    // With no collection, the page says how to add one.
+    browser.open(&format!("{}/", server.base));
+    assert_eq!(browser.wait_for("return !document.getElementById('empty').hidden"), true);
+
+    server.ok("PUT", "/collections/sf", Some(&json!({"model": model}).to_string()));
+    let (lines, ids) = scifact_lines(0..200);
+    server.ok("POST", "/collections/sf/_bulk", Some(&lines));
+    browser.open(&format!("{}/", server.base));
+    browser.wait_for("return document.querySelectorAll('#collection option').length == 1");
+
+    let input = browser.element("#q");
+    browser.session(
+        "POST",
+        &format!("/element/{input}/value"),
+        Some(json!({"text": "newborn white matter"})),
+    );
+    let first = browser.wait_for(
+        "const hit = document.querySelector('li.hit'); \
+         return hit && [hit.querySelector('.id').textContent, hit.querySelector('.snippet').innerHTML, \
+                        hit.querySelector('.ranks').textContent];",
+    );
+    assert_eq!(first[0], ids[0].as_str(), "{first}");
+    assert!(first[1].as_str().unwrap().contains("<em>white</em>"), "{first}");
+    assert!(first[2].as_str().unwrap().starts_with("keyword #1"), "{first}");
+
+    // Switching to hybrid shows each side's rank.
+    let hybrid = browser.element("input[value=hybrid]");
+    browser.session("POST", &format!("/element/{hybrid}/click"), None);
+    let status = browser.wait_for(
+        "const s = document.getElementById('status').textContent; return s.includes('(hybrid)') && s;",
+    );
+    assert!(status.as_str().unwrap().contains("shown"), "{status}");
+    let ranks = browser.script("return [...document.querySelectorAll('li.hit .ranks')].map(r => r.textContent).join(' | ')");
+    assert!(ranks.as_str().unwrap().contains("semantic #"), "{ranks}");
+    assert_eq!(browser.script("return document.querySelectorAll('li.hit').length"), 10);
+    drop(browser);
+    server.stop();
+}

@@ -1,0 +1,119 @@
+//! The open collections, shared by every request.
+//!
+//! Searches read a snapshot (`Arc<Collection>`) and never wait for writes. A write opens its
+//! own [`Collection`] of the same folder, changes and commits it, and then publishes it as the
+//! new snapshot: searches that started before keep the old one, whose files stay readable
+//! until they finish. Writes to one collection take turns.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use cloze_index::{Collection, DataDir, IndexError};
+
+use crate::error::ApiError;
+
+pub struct Registry {
+    data_dir: DataDir,
+    open: Mutex<HashMap<String, Arc<Handle>>>,
+}
+
+/// One open collection.
+pub struct Handle {
+    name: String,
+    current: RwLock<Arc<Collection>>,
+    /// Held for the whole of a write, so writes to the collection take turns.
+    writing: Mutex<()>,
+}
+
+/// A lock whose holder panicked still guards consistent data here: every change is published
+/// whole or not at all.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Registry {
+    pub fn new(data_dir: DataDir) -> Registry {
+        Registry { data_dir, open: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn data_dir(&self) -> &DataDir {
+        &self.data_dir
+    }
+
+    /// The names of every collection in the data folder, sorted.
+    pub fn names(&self) -> Result<Vec<String>, ApiError> {
+        Ok(self.data_dir.collection_names()?)
+    }
+
+    /// The collection `name`, opened on first use.
+    pub fn get(&self, name: &str) -> Result<Arc<Handle>, ApiError> {
+        let mut open = lock(&self.open);
+        if let Some(handle) = open.get(name) {
+            return Ok(handle.clone());
+        }
+        let collection = self.data_dir.open(name)?;
+        let handle = Arc::new(Handle::new(name, collection));
+        open.insert(name.to_string(), handle.clone());
+        Ok(handle)
+    }
+
+    /// Creates a collection with `create` while no other request can open or create one of
+    /// the same name.
+    pub fn create(
+        &self,
+        name: &str,
+        create: impl FnOnce(&DataDir) -> Result<Collection, IndexError>,
+    ) -> Result<Arc<Handle>, ApiError> {
+        let mut open = lock(&self.open);
+        let collection = create(&self.data_dir)?;
+        let handle = Arc::new(Handle::new(name, collection));
+        open.insert(name.to_string(), handle.clone());
+        Ok(handle)
+    }
+
+    /// Deletes the collection's folder after any write in progress. Searches already running
+    /// finish on what they hold.
+    pub fn delete(&self, name: &str) -> Result<(), ApiError> {
+        let handle = self.get(name)?;
+        let _writing = lock(&handle.writing);
+        let mut open = lock(&self.open);
+        self.data_dir.delete(name)?;
+        open.remove(name);
+        Ok(())
+    }
+}
+
+impl Handle {
+    fn new(name: &str, collection: Collection) -> Handle {
+        Handle {
+            name: name.to_string(),
+            current: RwLock::new(Arc::new(collection)),
+            writing: Mutex::new(()),
+        }
+    }
+
+    /// The committed state to read.
+    pub fn snapshot(&self) -> Arc<Collection> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Runs a write on a fresh copy of the collection and, once it has committed, makes that
+    /// copy what searches read. A write that fails has committed nothing (the index crate's
+    /// writes are all or nothing), so the snapshot stays.
+    pub fn write<T>(
+        &self,
+        registry: &Registry,
+        write: impl FnOnce(&mut Collection) -> Result<T, IndexError>,
+    ) -> Result<T, ApiError> {
+        let _writing = lock(&self.writing);
+        let current = self.snapshot();
+        let mut fresh = registry.data_dir.open(&self.name)?;
+        if current.manifest().semantic.is_some() {
+            // The model loads once per collection, not once per write.
+            fresh.use_encoder(current.shared_encoder()?)?;
+        }
+        let result = write(&mut fresh)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+        Ok(result)
+    }
+}

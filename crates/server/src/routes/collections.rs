@@ -1,0 +1,141 @@
+//! `PUT|GET|DELETE /collections/{name}` and `GET /collections`.
+
+use std::path::PathBuf;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use cloze_index::{
+    AnalyzerSettings, Collection, Encoder, HnswSettings, IndexError, SemanticSettings,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::routes::{blocking, read_json};
+use crate::AppState;
+
+/// The settings of a new collection. All are optional: with none, a keyword-only collection
+/// with the English analyzer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateCollection {
+    /// A model folder on the server (Hugging Face BERT layout): the collection also gets
+    /// vectors and answers semantic and hybrid searches.
+    model: Option<PathBuf>,
+    /// An analyzer preset name.
+    analyzer: Option<String>,
+    /// HNSW settings; each left out keeps its default.
+    hnsw: Option<HnswParams>,
+    /// Cut documents longer than the model's length into windows overlapping by this many
+    /// tokens, one vector each, instead of truncating them.
+    window_overlap: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HnswParams {
+    m: Option<usize>,
+    ef_construction: Option<usize>,
+    ef_search: Option<usize>,
+}
+
+pub async fn create(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let settings: CreateCollection = read_json(&state, &request, payload).await?;
+    let name = name.into_inner();
+    let analyzer = match &settings.analyzer {
+        Some(preset) => AnalyzerSettings::preset(preset).ok_or_else(|| {
+            let presets: Vec<_> = AnalyzerSettings::preset_names().collect();
+            ApiError::invalid(format!(
+                "analyzer: unknown preset \"{preset}\" (presets: {})",
+                presets.join(", ")
+            ))
+        })?,
+        None => AnalyzerSettings::default(),
+    };
+    if settings.model.is_none() && (settings.hnsw.is_some() || settings.window_overlap.is_some()) {
+        return Err(ApiError::invalid("hnsw and window_overlap need a model: model is missing"));
+    }
+    let defaults = HnswSettings::default();
+    let hnsw = settings.hnsw.unwrap_or_default();
+    let hnsw = HnswSettings {
+        m: hnsw.m.unwrap_or(defaults.m),
+        ef_construction: hnsw.ef_construction.unwrap_or(defaults.ef_construction),
+        ef_search: hnsw.ef_search.unwrap_or(defaults.ef_search),
+    };
+    hnsw.validate().map_err(|message| ApiError::invalid(format!("hnsw: {message}")))?;
+    let state = state.into_inner();
+    let created = blocking(move || {
+        if state.registry.data_dir().exists(&name)? {
+            return Err(IndexError::CollectionExists(name).into());
+        }
+        // The model loads before the collection exists, so a bad path creates nothing.
+        let encoder = match &settings.model {
+            Some(model) => Some(
+                Encoder::load(model)
+                    .map_err(|error| ApiError::invalid(format!("model: {error}")))?,
+            ),
+            None => None,
+        };
+        let semantic = encoder.as_ref().map(|encoder| SemanticSettings {
+            model: encoder.record().clone(),
+            window_overlap: settings.window_overlap,
+            hnsw,
+        });
+        let handle = state.registry.create(&name, |data_dir| {
+            let collection = data_dir.create(&name, analyzer, semantic)?;
+            if let Some(encoder) = encoder {
+                collection.use_encoder(encoder)?;
+            }
+            Ok(collection)
+        })?;
+        Ok(describe(&handle.snapshot()))
+    })
+    .await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let state = state.into_inner();
+    let described = blocking(move || Ok(describe(&state.registry.get(&name)?.snapshot()))).await?;
+    Ok(HttpResponse::Ok().json(described))
+}
+
+pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let state = state.into_inner();
+    let collections = blocking(move || {
+        let names = state.registry.names()?;
+        names
+            .iter()
+            .map(|name| Ok(describe(&state.registry.get(name)?.snapshot())))
+            .collect::<Result<Vec<Value>, ApiError>>()
+    })
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({ "collections": collections })))
+}
+
+pub async fn delete(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let state = state.into_inner();
+    let deleted = name.clone();
+    blocking(move || state.registry.delete(&name)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "deleted": deleted })))
+}
+
+/// A collection's name, counts and settings.
+fn describe(collection: &Collection) -> Value {
+    json!({
+        "name": collection.name(),
+        "documents": collection.document_count(),
+        "vectors": collection.vector_count(),
+        "settings": collection.manifest(),
+    })
+}

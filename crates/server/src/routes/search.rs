@@ -1,0 +1,132 @@
+//! `POST /collections/{name}/_search`.
+
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use cloze_index::Collection;
+use cloze_search::{search, Filter, FusionParams, Mode, SearchRequest};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::routes::{blocking, check_page, read_json};
+use crate::AppState;
+
+/// The most HNSW candidates a query may ask for.
+const MAX_EF_SEARCH: usize = 10_000;
+
+/// A search, as JSON.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SearchBody {
+    /// What to look for, as plain words.
+    pub q: String,
+    /// `keyword` (default), `semantic` or `hybrid`.
+    pub mode: Option<String>,
+    /// Hits to return (default 10).
+    pub k: Option<usize>,
+    /// Best hits to skip first (default 0).
+    #[serde(default)]
+    pub offset: usize,
+    /// Hybrid mode: fusion settings over the collection's default.
+    pub fusion: Option<FusionParams>,
+    /// Semantic side: HNSW candidates to consider.
+    pub ef_search: Option<usize>,
+    /// Conditions on stored metadata (see `cloze_search::Filter`).
+    pub filter: Option<Value>,
+    /// Snippets as HTML with the query's terms in `<em>`.
+    #[serde(default)]
+    pub highlight: bool,
+    /// Each hit's rank and score on each side, and its final score.
+    #[serde(default)]
+    pub explain: bool,
+}
+
+impl SearchBody {
+    /// The library request this body asks for, checked; `k` defaults to `default_k`.
+    pub(crate) fn request(
+        &self,
+        state: &AppState,
+        query: String,
+        default_k: usize,
+    ) -> Result<SearchRequest, ApiError> {
+        let mode = match self.mode.as_deref() {
+            Some(mode) => {
+                mode.parse::<Mode>().map_err(|e| ApiError::invalid(format!("mode: {e}")))?
+            }
+            None => Mode::Keyword,
+        };
+        let k = self.k.unwrap_or(default_k);
+        check_page(state, k, self.offset)?;
+        let mut request = SearchRequest::new(query, mode, k);
+        request.offset = self.offset;
+        request.highlight = self.highlight;
+        if let Some(ef) = self.ef_search {
+            if !(1..=MAX_EF_SEARCH).contains(&ef) {
+                return Err(ApiError::invalid(format!(
+                    "ef_search: must be between 1 and {MAX_EF_SEARCH} (found {ef})"
+                )));
+            }
+            request.ef_search = Some(ef);
+        }
+        if let Some(fusion) = &self.fusion {
+            request.fusion = fusion
+                .fusion()
+                .map_err(|e| ApiError::invalid(format!("fusion.{}: {}", e.param, e.message)))?;
+        }
+        if let Some(filter) = &self.filter {
+            let filter = Filter::from_json(filter).map_err(|e| {
+                let at = if e.path.is_empty() {
+                    "filter".to_string()
+                } else {
+                    format!("filter.{}", e.path)
+                };
+                ApiError::invalid(format!("{at}: {}", e.message))
+            })?;
+            request.filter = Some(filter);
+        }
+        Ok(request)
+    }
+}
+
+/// Semantic and hybrid modes need vectors: say so before any work.
+pub(crate) fn check_mode(collection: &Collection, mode: Mode) -> Result<(), ApiError> {
+    if mode != Mode::Keyword && collection.manifest().semantic.is_none() {
+        return Err(ApiError::invalid(format!(
+            "mode: {mode} search needs a collection with a model, and \"{}\" has none \
+             (create it with \"model\"); keyword works",
+            collection.name()
+        )));
+    }
+    Ok(())
+}
+
+pub async fn search_collection(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let body: SearchBody = read_json(&state, &request, payload).await?;
+    let query = body.q.clone();
+    let request = body.request(&state, query, 10)?;
+    let explain = body.explain;
+    let state = state.into_inner();
+    let mode = request.mode;
+    let mut results = blocking(move || {
+        let collection = state.registry.get(&name)?.snapshot();
+        check_mode(&collection, request.mode)?;
+        Ok(search(&collection, &request)?)
+    })
+    .await?;
+    if !explain {
+        results.hits.iter_mut().for_each(|hit| hit.explanation = None);
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "took_ms": started.elapsed().as_secs_f64() * 1e3,
+        "mode": mode.name(),
+        "total": results.total,
+        "hits": results.hits,
+    })))
+}
