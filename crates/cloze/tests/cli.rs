@@ -505,7 +505,14 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
         report["settings"]["fusion"],
         "convex alpha=0.8 normalization=theoretical depth=100"
     );
-    let saved = judged("tune", &["--depths", "2", "--alphas", "0.3", "--rrf-ks", "5", "--save"]);
+    // A fusion no better than a side alone is not chosen; --significance 1 takes the best.
+    let guarded = judged("tune", &["--depths", "2", "--alphas", "0.3", "--rrf-ks", "5"]);
+    assert_eq!(guarded["best_side"], "keyword");
+    assert_eq!(guarded["chosen"], "convex alpha=0 normalization=theoretical depth=2", "{guarded}");
+    let saved = judged(
+        "tune",
+        &["--depths", "2", "--alphas", "0.3", "--rrf-ks", "5", "--significance", "1", "--save"],
+    );
     assert_eq!(saved["saved"], "rrf k=5 depth=2", "{saved}");
     let report = judged("eval", &["--mode", "hybrid"]);
     assert_eq!(report["settings"]["fusion"], "rrf k=5 depth=2");

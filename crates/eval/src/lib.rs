@@ -16,9 +16,11 @@ mod evaluate;
 mod metric;
 mod qrels;
 mod run;
+mod significance;
 
 pub use error::{EvalError, EvalErrorKind};
 pub use evaluate::{evaluate, Evaluation};
 pub use metric::{Metric, ParseMetricError};
 pub use qrels::Qrels;
 pub use run::Run;
+pub use significance::paired_randomization_test;

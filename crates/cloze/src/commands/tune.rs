@@ -3,7 +3,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use cloze_eval::{evaluate, Metric, Qrels, Run};
+use cloze_eval::{evaluate, paired_randomization_test, Metric, Qrels, Run};
 use cloze_index::DataDir;
 use cloze_search::{
     candidates, fuse, Candidates, Fusion, FusionMethod, Mode, Normalization, SearchRequest,
@@ -12,14 +12,20 @@ use serde_json::json;
 
 use crate::progress;
 
+/// Random swaps in the significance test: p-values resolve to about 0.0001.
+const SIGNIFICANCE_TRIALS: usize = 10_000;
+/// Fixed, so the same judgments always choose the same setting.
+const SIGNIFICANCE_SEED: u64 = 0x5eed;
+
 /// Find the hybrid fusion that ranks best on judged (training) queries.
 ///
 /// Retrieves each judged query's keyword and semantic candidates once, as deep as the deepest
 /// setting tried, then scores every combination of fusion method (reciprocal rank fusion with
 /// each --rrf-k; a convex combination with each --alpha and normalisation) and depth per side
-/// by --metric, and prints them best first. Tune on training queries and report on others:
-/// SciFact's qrels/train.tsv, not test.tsv. --save makes the best the collection's default
-/// for hybrid searches that name no fusion.
+/// by --metric, and prints them best first. The best is chosen only if it beats the better
+/// side alone beyond chance (--significance); otherwise that side alone is. Tune on training
+/// queries and report on others: SciFact's qrels/train.tsv, not test.tsv. --save makes the
+/// choice the collection's default for hybrid searches that name no fusion.
 #[derive(Debug, Args)]
 pub struct TuneArgs {
     /// The collection (it must have a model).
@@ -58,7 +64,14 @@ pub struct TuneArgs {
     #[arg(long, value_name = "N")]
     ef_search: Option<usize>,
 
-    /// Save the best setting as the collection's default hybrid fusion.
+    /// Keep the best fusion only if it beats the better side alone with a p-value under this
+    /// (a paired randomization test over the tuning queries); otherwise choose that side alone
+    /// (convex alpha 0 for keyword, 1 for semantic), since a gain that chance explains will not
+    /// carry over to new queries. 1 keeps the best fusion whatever its margin.
+    #[arg(long, value_name = "P", default_value_t = 0.05)]
+    significance: f64,
+
+    /// Save the chosen setting as the collection's default hybrid fusion.
     #[arg(long)]
     save: bool,
 
@@ -111,38 +124,70 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
             }
         }
     }
-    let score = |ranking: &dyn Fn(&Candidates) -> Vec<(String, f64)>| {
+    // Per-query scores, in the qrels' query order.
+    let per_query = |ranking: &dyn Fn(&Candidates) -> Vec<(String, f64)>| -> Vec<f64> {
         let mut run = Run::new();
         for (id, found) in &sides {
             run.insert(id, ranking(found));
         }
-        evaluate(&qrels, &run, &[args.metric]).means()[0].1
+        evaluate(&qrels, &run, &[args.metric])
+            .per_query()
+            .values()
+            .map(|scores| scores[0])
+            .collect()
+    };
+    let mean = |scores: &[f64]| scores.iter().sum::<f64>() / scores.len().max(1) as f64;
+    let fused_run = |fusion: Fusion| {
+        move |found: &Candidates| -> Vec<(String, f64)> {
+            fuse(&found.keyword, &found.semantic, &fusion)
+                .into_iter()
+                .map(|f| (f.id, f64::from(f.explanation.fused)))
+                .collect()
+        }
     };
     let as_run = |side: &[(String, f32)]| -> Vec<(String, f64)> {
         side.iter().map(|(id, s)| (id.clone(), f64::from(*s))).collect()
     };
-    let keyword = score(&|found| as_run(&found.keyword));
-    let semantic = score(&|found| as_run(&found.semantic));
+    let keyword_scores = per_query(&|found| as_run(&found.keyword));
+    let semantic_scores = per_query(&|found| as_run(&found.semantic));
+    let (keyword, semantic) = (mean(&keyword_scores), mean(&semantic_scores));
     let mut results: Vec<(Fusion, f64)> = settings
         .into_iter()
         .map(|fusion| {
-            let value = score(&|found| {
-                fuse(&found.keyword, &found.semantic, &fusion)
-                    .into_iter()
-                    .map(|f| (f.id, f64::from(f.explanation.fused)))
-                    .collect()
-            });
+            let value = mean(&per_query(&fused_run(fusion)));
             (fusion, value)
         })
         .collect();
     // Best first; among equals, the earlier (smaller, simpler) setting.
     results.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let saved = match (args.save, results.first()) {
-        (true, Some((best, _))) => {
-            collection.set_default_fusion(Some(best.to_settings()))?;
-            Some(best.to_string())
-        }
-        _ => None,
+    let (best, best_value) = results.first().copied().context("no fusion setting to try")?;
+
+    // The best fusion against the better side alone, on the same queries.
+    let (side, side_value, side_scores, side_alpha) = if keyword >= semantic {
+        ("keyword", keyword, &keyword_scores, 0.0)
+    } else {
+        ("semantic", semantic, &semantic_scores, 1.0)
+    };
+    let p_value = paired_randomization_test(
+        &per_query(&fused_run(best)),
+        side_scores,
+        SIGNIFICANCE_TRIALS,
+        SIGNIFICANCE_SEED,
+    );
+    let fusion_wins =
+        args.significance >= 1.0 || (best_value > side_value && p_value < args.significance);
+    let chosen = if fusion_wins {
+        best
+    } else {
+        // As deep as was tried: the fused ranking is then that side's own, all the way down.
+        let normalization = Fusion::DEFAULT_NORMALIZATION;
+        Fusion { method: FusionMethod::Convex { alpha: side_alpha, normalization }, depth: deepest }
+    };
+    let saved = if args.save {
+        collection.set_default_fusion(Some(chosen.to_settings()))?;
+        Some(chosen.to_string())
+    } else {
+        None
     };
 
     if args.json {
@@ -154,7 +199,8 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
             "{}",
             serde_json::to_string_pretty(&json!({
                 "metric": args.metric.to_string(), "queries": sides.len(),
-                "keyword": keyword, "semantic": semantic, "settings": rows, "saved": saved,
+                "keyword": keyword, "semantic": semantic, "settings": rows,
+                "best_side": side, "p_value": p_value, "chosen": chosen.to_string(), "saved": saved,
             }))?
         );
         return Ok(());
@@ -166,6 +212,19 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
     println!("best fusion settings by {metric}:");
     for (fusion, value) in results.iter().take(args.top) {
         println!("  {value:.4}  {fusion}");
+    }
+    let margin = best_value - side_value;
+    println!(
+        "the best, {best}, against {side} alone: {margin:+.4}, p = {p_value:.4} (paired \
+         randomization test, {SIGNIFICANCE_TRIALS} trials)"
+    );
+    if fusion_wins {
+        println!("chosen: {chosen} (better beyond chance at p < {})", args.significance);
+    } else {
+        println!(
+            "chosen: {side} alone, as {chosen} (the fusion is not better beyond chance at p < {})",
+            args.significance
+        );
     }
     if let Some(saved) = saved {
         println!("saved as the default fusion of \"{}\": {saved}", args.collection);

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Load benchmark of `cloze serve`: queries/s and latency percentiles of keyword and hybrid search
+# on SciFact, driven over loopback by wrk (Debian's `wrk` package).
+#
+#   benches/http_load.sh MODEL_DIR [DURATION_SECONDS]
+#
+# It builds the release binary, starts a server on a free port with a fresh data folder, creates
+# a `scifact` collection with MODEL_DIR (e.g. a `tiny` model from `cloze train`), bulk-loads
+# SciFact's corpus over HTTP, then runs wrk for DURATION_SECONDS (default 20) per row, cycling
+# through SciFact's 1,109 queries. The first row, GET /health, is the HTTP floor of the same
+# server and load generator: each search row's throughput is also given as a share of it.
+# The shared data comes from $CLOZE_TEST_DATA (default ../shared/data).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+model=$(realpath "${1:?usage: benches/http_load.sh MODEL_DIR [DURATION_SECONDS]}")
+duration=${2:-20}
+data=${CLOZE_TEST_DATA:-../shared/data}/scifact
+command -v wrk >/dev/null || { echo "wrk is not installed (Debian: apt-get install wrk)" >&2; exit 1; }
+# wrk and the server share the machine: one wrk thread, four connections.
+threads=${WRK_THREADS:-1}
+connections=${WRK_CONNECTIONS:-4}
+
+cargo build --release --quiet --bin cloze
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+target/release/cloze --data-dir "$work/index" serve --bind 127.0.0.1:0 >"$work/stdout" 2>"$work/log" &
+server_pid=$!
+for _ in $(seq 100); do grep -q "listening on" "$work/stdout" 2>/dev/null && break; sleep 0.1; done
+base=$(sed -n 's/^listening on //p' "$work/stdout" | head -1)
+[ -n "$base" ] || { cat "$work/log" >&2; exit 1; }
+
+curl -sf -X PUT "$base/collections/scifact" -H 'content-type: application/json' \
+    -d "{\"model\": \"$model\"}" >/dev/null
+started=$(date +%s.%N)
+curl -sf -X POST "$base/collections/scifact/_bulk" -H 'content-type: application/x-ndjson' \
+    --data-binary @"$data/corpus.jsonl" >"$work/bulk.json"
+loaded=$(date +%s.%N)
+documents=$(curl -sf "$base/collections/scifact" | python3 -c 'import json,sys; print(json.load(sys.stdin)["documents"])')
+echo "bulk-loaded $documents SciFact documents with $(basename "$model") in $(python3 -c "print(round($loaded - $started, 1))") s"
+
+# One request body per query, for wrk to cycle through.
+python3 - "$data/queries.jsonl" "$work" <<'EOF'
+import json, sys
+queries = [json.loads(line)["text"] for line in open(sys.argv[1]) if line.strip()]
+for mode in ("keyword", "hybrid"):
+    with open(f"{sys.argv[2]}/{mode}.lua", "w") as lua:
+        lua.write("local bodies = {\n")
+        for text in queries:
+            body = json.dumps({"q": text, "mode": mode, "k": 10})
+            lua.write("  " + json.dumps(body) + ",\n")
+        lua.write("}\nlocal i = 0\n")
+        lua.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+        lua.write("request = function()\n  i = i % #bodies + 1\n")
+        lua.write('  return wrk.format(nil, "/collections/scifact/_search", nil, bodies[i])\nend\n')
+EOF
+
+# Warm up both paths (page cache, the model, the allocator).
+for mode in keyword hybrid; do
+    wrk -t1 -c1 -d2s -s "$work/$mode.lua" "$base" >/dev/null
+done
+
+run() {  # name, wrk arguments...
+    local name=$1; shift
+    wrk -t"$threads" -c"$connections" -d"${duration}s" --latency "$@" >"$work/$name.txt"
+    python3 - "$work/$name.txt" "$name" <<'EOF'
+import re, sys
+text = open(sys.argv[1]).read()
+def ms(value):
+    number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+qps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p50 = ms(re.search(r"\s50%\s+(\S+)", text).group(1))
+p99 = ms(re.search(r"\s99%\s+(\S+)", text).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+if errors:
+    sys.exit(f"{sys.argv[2]}: {errors.group(1)} failed requests")
+print(f"{sys.argv[2]}\t{qps:.1f}\t{p50:.2f}\t{p99:.2f}")
+EOF
+}
+
+{
+    run health "$base/health"
+    run keyword -s "$work/keyword.lua" "$base"
+    run hybrid -s "$work/hybrid.lua" "$base"
+} >"$work/rows.tsv"
+
+echo "wrk -t$threads -c$connections -d${duration}s per row; $(nproc) cores shared by wrk and the server"
+python3 - "$work/rows.tsv" <<'EOF'
+import sys
+rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
+floor = float(rows[0][1])
+print(f"| request | queries/s | p50 ms | p99 ms | queries/s vs GET /health |")
+print(f"|---|---|---|---|---|")
+for name, qps, p50, p99 in rows:
+    print(f"| {name} | {float(qps):,.1f} | {p50} | {p99} | {float(qps) / floor:.3f} |")
+EOF
