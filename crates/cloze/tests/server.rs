@@ -291,6 +291,44 @@ fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
         }
     }
 
+    // Several modes at once: the same comparison `cloze eval --mode keyword,hybrid --json` makes.
+    let body = json!({"requests": requests, "modes": ["keyword", "hybrid"], "metrics": ["ndcg@10"], "trials": 2000});
+    let compared = server.ok("POST", "/collections/sf/_rank_eval", Some(&body.to_string()));
+    let cli = Command::new(env!("CARGO_BIN_EXE_cloze"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "eval",
+            "--collection",
+            "sf",
+            "--mode",
+            "keyword,hybrid",
+            "--depth",
+            "100",
+            "--json",
+        ])
+        .args(["--metrics", "ndcg@10", "--trials", "2000", "--queries"])
+        .arg(&scifact.queries)
+        .arg("--qrels")
+        .arg(&subset_qrels)
+        .output()
+        .unwrap();
+    let mut cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    cli.as_object_mut().unwrap().remove("settings");
+    let mut http = compared.clone();
+    http.as_object_mut().unwrap().remove("took_ms");
+    assert_eq!(http, cli);
+    assert_eq!(compared["baseline"], "keyword");
+    let versus = &compared["runs"][1]["metrics"][0]["versus_baseline"];
+    assert!(versus["t_test_p"].is_f64() && versus["wins"].is_u64(), "{compared}");
+    server.refused(
+        "POST",
+        "/collections/sf/_rank_eval",
+        &json!({"requests": requests, "modes": ["keyword", "fuzzy"]}).to_string(),
+        400,
+        "modes[1]: unknown search mode",
+    );
+
     // Deletes reach both indexes.
     server.ok("DELETE", &format!("/collections/sf/documents/{}", first_ids[0]), None);
     server.refused(

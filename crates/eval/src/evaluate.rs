@@ -54,11 +54,15 @@ pub fn evaluate(qrels: &Qrels, run: &Run, metrics: &[Metric]) -> Evaluation {
             .iter()
             .map(|(document, _)| judgments.get(document).copied().unwrap_or(0))
             .collect();
+        let judged: Vec<bool> =
+            results.iter().map(|(document, _)| judgments.contains_key(document)).collect();
         let mut ideal: Vec<i64> = judgments.values().copied().filter(|grade| *grade > 0).collect();
         ideal.sort_unstable_by(|a, b| b.cmp(a));
         let num_relevant = ideal.iter().filter(|grade| **grade >= 1).count();
-        let values =
-            metrics.iter().map(|metric| metric.score(&ranked, &ideal, num_relevant)).collect();
+        let values = metrics
+            .iter()
+            .map(|metric| metric.score(&ranked, &judged, &ideal, num_relevant))
+            .collect();
         per_query.insert(query.to_string(), values);
     }
     Evaluation { metrics: metrics.to_vec(), per_query }
@@ -108,6 +112,10 @@ mod tests {
         assert_close(value(&qrels, &run, "mrr@1", "q"), 0.0);
         assert_close(value(&qrels, &run, "map", "q"), (1.0 / 2.0 + 2.0 / 5.0) / 3.0);
         assert_close(value(&qrels, &run, "map@3", "q"), (1.0 / 2.0) / 3.0);
+        // a, b and c are judged; x and y are not.
+        assert_close(value(&qrels, &run, "judged@2", "q"), 0.5);
+        assert_close(value(&qrels, &run, "judged@5", "q"), 0.6);
+        assert_close(value(&qrels, &run, "judged@10", "q"), 0.3);
         let dcg = 1.0 / 3f64.log2() + 1.0 / 6f64.log2();
         let ideal = 1.0 + 1.0 / 3f64.log2() + 1.0 / 4f64.log2();
         assert_close(value(&qrels, &run, "ndcg@10", "q"), dcg / ideal);

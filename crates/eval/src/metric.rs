@@ -18,6 +18,10 @@ pub enum Metric {
     Recall(usize),
     /// `p@k`: relevant documents in the top k over k.
     Precision(usize),
+    /// `judged@k`: judged documents (any grade) in the top k over k. Not a measure of quality
+    /// but of how far the other measures can be trusted: unjudged documents count as not
+    /// relevant, and a semantic ranking may retrieve many that no assessor saw.
+    Judged(usize),
 }
 
 impl Metric {
@@ -30,9 +34,15 @@ impl Metric {
     ];
 
     /// The metric's value for one query, given the grades of its retrieved documents in rank
-    /// order (unjudged as 0), all of its judged grades sorted highest first, and the number of
-    /// relevant (grade >= 1) documents.
-    pub(crate) fn score(&self, ranked: &[i64], ideal: &[i64], num_relevant: usize) -> f64 {
+    /// order (unjudged as 0) and whether each is judged, all of its judged grades sorted
+    /// highest first, and the number of relevant (grade >= 1) documents.
+    pub(crate) fn score(
+        &self,
+        ranked: &[i64],
+        judged: &[bool],
+        ideal: &[i64],
+        num_relevant: usize,
+    ) -> f64 {
         let top = |cutoff: Option<usize>| &ranked[..cutoff.unwrap_or(usize::MAX).min(ranked.len())];
         let is_relevant = |grade: &&i64| **grade >= 1;
         match *self {
@@ -71,6 +81,10 @@ impl Metric {
             Metric::Precision(k) => {
                 top(Some(k)).iter().filter(is_relevant).count() as f64 / k as f64
             }
+            Metric::Judged(k) => {
+                judged[..k.min(judged.len())].iter().filter(|judged| **judged).count() as f64
+                    / k as f64
+            }
         }
     }
 }
@@ -93,6 +107,7 @@ impl fmt::Display for Metric {
             Metric::ReciprocalRank(k) => ("mrr", k),
             Metric::Recall(k) => ("recall", Some(k)),
             Metric::Precision(k) => ("p", Some(k)),
+            Metric::Judged(k) => ("judged", Some(k)),
         };
         match cutoff {
             Some(k) => write!(f, "{name}@{k}"),
@@ -103,8 +118,8 @@ impl fmt::Display for Metric {
 
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "unknown metric \"{0}\": expected ndcg, ndcg@K, map, map@K, mrr, mrr@K, recall@K or p@K \
-     (K a whole number above 0)"
+    "unknown metric \"{0}\": expected ndcg, ndcg@K, map, map@K, mrr, mrr@K, recall@K, p@K or \
+     judged@K (K a whole number above 0)"
 )]
 pub struct ParseMetricError(String);
 
@@ -128,6 +143,7 @@ impl FromStr for Metric {
             ("mrr", k) => Ok(Metric::ReciprocalRank(k)),
             ("recall", Some(k)) => Ok(Metric::Recall(k)),
             ("p", Some(k)) => Ok(Metric::Precision(k)),
+            ("judged", Some(k)) => Ok(Metric::Judged(k)),
             _ => Err(error()),
         }
     }
@@ -139,7 +155,9 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for name in ["ndcg", "ndcg@10", "map", "map@100", "mrr", "mrr@10", "recall@100", "p@5"] {
+        for name in
+            ["ndcg", "ndcg@10", "map", "map@100", "mrr", "mrr@10", "recall@100", "p@5", "judged@10"]
+        {
             assert_eq!(name.parse::<Metric>().unwrap().to_string(), name);
         }
         assert_eq!("P@10".parse::<Metric>().unwrap(), Metric::Precision(10));

@@ -7,13 +7,16 @@
 //! ```
 //!
 //! `mode`, `fusion`, `ef_search` and `filter` are as in `_search`; `k` (default 100) is how deep
-//! each ranking goes.
+//! each ranking goes. With `"modes": ["keyword", "hybrid"]` instead of `mode`, every mode is
+//! run and compared with the first, and the answer is the comparison `cloze eval --json` prints
+//! for several modes (differences, wins/ties/losses, paired t-test and randomization test
+//! p-values; `trials`, `seed` and `holm` as its flags).
 
 use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use cloze_eval::{evaluate, Metric, Qrels, Run};
-use cloze_search::{search, FusionParams};
+use cloze_eval::{compare, evaluate, CompareOptions, Metric, Qrels, Run};
+use cloze_search::{search, FusionParams, SearchRequest};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -29,11 +32,23 @@ struct RankEvalBody {
     /// Default: nDCG@10, recall@100, MRR@10 and MAP, as `cloze eval`.
     metrics: Option<Vec<String>>,
     mode: Option<String>,
+    /// Several modes to compare, the first the baseline.
+    modes: Option<Vec<String>>,
     k: Option<usize>,
     fusion: Option<FusionParams>,
     ef_search: Option<usize>,
     filter: Option<Value>,
+    /// Comparisons: random swaps per randomization test.
+    trials: Option<usize>,
+    /// Comparisons: the randomization tests' seed.
+    seed: Option<u64>,
+    /// Comparisons: Holm-Bonferroni corrected p-values.
+    #[serde(default)]
+    holm: bool,
 }
+
+/// The most random swaps a comparison may ask for: each costs a pass over the queries.
+const MAX_TRIALS: usize = 100_000;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,37 +105,84 @@ pub async fn rank_eval(
     if qrels.num_queries() != body.requests.len() {
         return Err(ApiError::invalid("requests: two requests share an id"));
     }
-    // Every query runs with the same settings; only the text changes.
-    let settings = SearchBody {
-        q: String::new(),
-        mode: body.mode.clone(),
-        k: body.k,
-        offset: 0,
-        fusion: body.fusion.clone(),
-        ef_search: body.ef_search,
-        filter: body.filter.clone(),
-        highlight: false,
-        explain: false,
-    };
-    let mut template = settings.request(&state, String::new(), 100)?;
-    template.with_documents = false;
-    let state = state.into_inner();
-    let evaluation = blocking(move || {
-        let collection = state.registry.get(&name)?.snapshot();
-        check_mode(&collection, template.mode)?;
-        let mut run = Run::new();
-        for judged in body.requests {
-            let mut request = template.clone();
-            request.query = judged.query;
-            let found = search(&collection, &request)?;
-            run.insert(
-                &judged.id,
-                found.hits.into_iter().map(|hit| (hit.id, f64::from(hit.score))).collect(),
-            );
+    let modes: Vec<Option<String>> = match (&body.mode, &body.modes) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid("modes: give mode or modes, not both")),
+        (_, Some(modes)) if modes.is_empty() => {
+            return Err(ApiError::invalid("modes: name at least one mode"))
         }
-        Ok(evaluate(&qrels, &run, &metrics))
+        (_, Some(modes)) => modes.iter().cloned().map(Some).collect(),
+        (mode, None) => vec![mode.clone()],
+    };
+    let options = CompareOptions {
+        trials: body.trials.unwrap_or(CompareOptions::default().trials),
+        seed: body.seed.unwrap_or(0),
+        holm: body.holm,
+    };
+    if !(1..=MAX_TRIALS).contains(&options.trials) {
+        return Err(ApiError::invalid(format!(
+            "trials: must be between 1 and {MAX_TRIALS} (found {})",
+            options.trials
+        )));
+    }
+    // Every query runs with the same settings; only the text changes.
+    let mut templates = Vec::new();
+    for (i, mode) in modes.iter().enumerate() {
+        let settings = SearchBody {
+            q: String::new(),
+            mode: mode.clone(),
+            k: body.k,
+            offset: 0,
+            fusion: body.fusion.clone(),
+            ef_search: body.ef_search,
+            filter: body.filter.clone(),
+            highlight: false,
+            explain: false,
+        };
+        let mut template =
+            settings.request(&state, String::new(), 100).map_err(|error| match body.modes {
+                Some(_) => {
+                    ApiError::invalid(error.reason.replacen("mode:", &format!("modes[{i}]:"), 1))
+                }
+                None => error,
+            })?;
+        if templates.iter().any(|t: &SearchRequest| t.mode == template.mode) {
+            return Err(ApiError::invalid(format!("modes[{i}]: {} is named twice", template.mode)));
+        }
+        template.with_documents = false;
+        templates.push(template);
+    }
+    let comparing = body.modes.is_some();
+    let requests = body.requests;
+    let state = state.into_inner();
+    let (runs, qrels) = blocking(move || {
+        let collection = state.registry.get(&name)?.snapshot();
+        let mut runs = Vec::new();
+        for template in templates {
+            check_mode(&collection, template.mode)?;
+            let mut run = Run::new();
+            for judged in &requests {
+                let mut request = template.clone();
+                request.query = judged.query.clone();
+                let found = search(&collection, &request)?;
+                run.insert(
+                    &judged.id,
+                    found.hits.into_iter().map(|hit| (hit.id, f64::from(hit.score))).collect(),
+                );
+            }
+            runs.push((template.mode.name().to_string(), run));
+        }
+        Ok((runs, qrels))
     })
     .await?;
+    if comparing {
+        let named: Vec<(String, &Run)> =
+            runs.iter().map(|(name, run)| (name.clone(), run)).collect();
+        let comparison = compare(&qrels, &named, &metrics, options);
+        let mut answer = serde_json::to_value(&comparison).expect("a comparison serializes");
+        answer["took_ms"] = json!(started.elapsed().as_secs_f64() * 1e3);
+        return Ok(HttpResponse::Ok().json(answer));
+    }
+    let evaluation = evaluate(&qrels, &runs[0].1, &metrics);
     let names: Vec<String> = evaluation.metrics().iter().map(Metric::to_string).collect();
     let means: Map<String, Value> = evaluation
         .means()
