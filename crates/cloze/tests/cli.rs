@@ -389,6 +389,13 @@ fn train_a_tiny_encoder_then_embed_with_it() {
         "model.width=3",
     ]);
     assert!(bad.contains("--set model.width=3") && bad.contains("no setting \"width\""), "{bad}");
+    // Built-in presets, and settings of a subsection.
+    let retrieval = ["train", "--preset", "retrieval", "--corpus", path(&text), "--out", "x"];
+    let bad = ws.fails(&[&retrieval[..], &["--set", "training.contrastive.size=3"]].concat());
+    assert!(bad.contains("no setting \"size\" in [training.contrastive]"), "{bad}");
+    let bad =
+        ws.fails(&[&retrieval[..], &["--set", "training.contrastive.temperature=0"]].concat());
+    assert!(bad.contains("training.contrastive.temperature must be above 0"), "{bad}");
 
     let docs = ws.file("docs.jsonl", CORPUS);
     let vectors = ws.ok(&["embed", "--model", path(&out), "--input", path(&docs)]);

@@ -257,13 +257,17 @@ impl Embedder {
         let hidden = self.model.encode(&ids, &mask, None)?;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-            Pooling::Mean => {
-                let weights = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-                let sum = hidden.broadcast_mul(&weights)?.sum(1)?;
-                sum.broadcast_div(&weights.sum(1)?.clamp(1e-9, f64::MAX)?)?
-            }
+            Pooling::Mean => mean_pool(&hidden, &mask)?,
         };
         let norms = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
         Ok(pooled.broadcast_div(&norms)?.to_vec2::<f32>()?)
     }
+}
+
+/// The mean of each sequence's vectors (`[batch, length, hidden]`) over its real tokens
+/// (`attention_mask` 1): `[batch, hidden]`.
+pub(crate) fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> candle_core::Result<Tensor> {
+    let weights = attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+    let sum = hidden.broadcast_mul(&weights)?.sum(1)?;
+    sum.broadcast_div(&weights.sum(1)?.clamp(1e-9, f64::MAX)?)
 }

@@ -6,6 +6,7 @@
 pub mod allocator;
 mod checkpoint;
 mod config;
+mod contrastive;
 mod data;
 mod embed;
 mod masking;
@@ -16,6 +17,7 @@ mod train;
 
 pub use checkpoint::{load, load_config, save, CheckpointError, CONFIG_FILE, WEIGHTS_FILE};
 pub use config::BertConfig;
+pub use contrastive::{contrastive_loss, crop_pairs, ContrastiveSettings, CropBatch};
 pub use data::{pack, read_texts, tokenize, DataError, Packing};
 pub use embed::{EmbedError, Embedder, Pooling, DEFAULT_BATCH_SIZE};
 pub use masking::{MaskedBatch, MaskedSequence, Masker};

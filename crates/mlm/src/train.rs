@@ -26,6 +26,7 @@ use tokenizers::Tokenizer;
 
 use crate::checkpoint::{self, CheckpointError};
 use crate::config::BertConfig;
+use crate::contrastive::{self, contrastive_loss, crop_pairs, ContrastiveSettings};
 use crate::data::{self, DataError, Packing};
 use crate::masking::Masker;
 use crate::mlm_loss;
@@ -95,6 +96,9 @@ pub struct TrainingSettings {
     pub eval_every: u64,
     pub checkpoint_every: u64,
     pub seed: u64,
+    /// Also train on the contrastive loss over cropped spans (for retrieval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrastive: Option<ContrastiveSettings>,
 }
 
 /// A preset: `configs/tiny.toml` and friends.
@@ -173,6 +177,9 @@ impl TrainConfig {
         }
         if t.learning_rate.is_nan() || t.learning_rate <= 0.0 {
             return Err("training.learning_rate must be above 0".to_string());
+        }
+        if let Some(contrastive) = &t.contrastive {
+            contrastive.validate()?;
         }
         self.bert_config(self.tokenizer.vocab_size, 0).validate().map_err(|e| format!("model: {e}"))
     }
@@ -293,12 +300,25 @@ pub fn train(
     let tokenizer = prepare_tokenizer(options, &config, &texts)?;
     let special = SpecialIds::of(&tokenizer)?;
     let (train_texts, valid_texts) = split_validation(options, texts)?;
-    let train = data::pack(
-        &data::tokenize(&tokenizer, &train_texts)?,
-        settings.packing,
-        settings.max_len,
-        special,
-    );
+    let train_tokens = data::tokenize(&tokenizer, &train_texts)?;
+    let train = data::pack(&train_tokens, settings.packing, settings.max_len, special);
+    // Contrastive pairs are cropped from whole documents, not from packed blocks.
+    let documents = match &settings.contrastive {
+        Some(contrastive) => {
+            let documents = contrastive::usable_documents(train_tokens, contrastive);
+            if documents.len() < contrastive.batch_size {
+                return Err(TrainError::Invalid(format!(
+                    "training.contrastive needs at least batch_size ({}) documents of min_tokens \
+                     ({}) tokens; the training text has {}",
+                    contrastive.batch_size,
+                    contrastive.min_tokens,
+                    documents.len()
+                )));
+            }
+            documents
+        }
+        None => Vec::new(),
+    };
     let mut valid = data::pack(
         &data::tokenize(&tokenizer, &valid_texts)?,
         settings.packing,
@@ -358,12 +378,40 @@ pub fn train(
         let started = Instant::now();
         let mut gradients: Option<Vec<Tensor>> = None;
         let mut loss_sum = 0.0;
+        let mut contrastive_sum = 0.0;
         let mut tokens = 0;
         for _ in 0..settings.gradient_accumulation {
             let sequences = next_sequences(&train, &mut order, &mut state, settings);
             let batch = masker.mask_batch(&sequences, &mut state.rng, device)?;
             tokens += batch.tokens;
-            let (loss, _) = mlm_loss(&model, &batch, Some(&mut state.rng))?;
+            let (mut loss, _) = mlm_loss(&model, &batch, Some(&mut state.rng))?;
+            if let Some(contrastive) = &settings.contrastive {
+                // Distinct documents: a document twice in a batch would be its own negative.
+                let picks: Vec<&[u32]> = rand::seq::index::sample(
+                    &mut state.rng,
+                    documents.len(),
+                    contrastive.batch_size,
+                )
+                .into_iter()
+                .map(|i| documents[i].as_slice())
+                .collect();
+                let crops = crop_pairs(
+                    &picks,
+                    contrastive,
+                    settings.max_len,
+                    special,
+                    &mut state.rng,
+                    device,
+                )?;
+                let pairs_loss = contrastive_loss(
+                    &model,
+                    &crops,
+                    contrastive.temperature,
+                    Some(&mut state.rng),
+                )?;
+                contrastive_sum += f64::from(pairs_loss.to_scalar::<f32>()?);
+                loss = (loss + (pairs_loss * contrastive.weight)?)?;
+            }
             loss_sum += f64::from(loss.to_scalar::<f32>()?);
             let scaled = (loss / settings.gradient_accumulation as f64)?;
             let micro = optimizer.gradients(&scaled.backward()?)?;
@@ -385,14 +433,15 @@ pub fn train(
         state.step += 1;
         let loss = loss_sum / settings.gradient_accumulation as f64;
         let seconds = started.elapsed().as_secs_f64();
-        write_metric(
-            &mut metrics,
-            out,
-            &serde_json::json!({
-                "step": state.step, "loss": loss, "learning_rate": learning_rate,
-                "grad_norm": grad_norm, "tokens_per_second": tokens as f64 / seconds,
-            }),
-        )?;
+        let mut record = serde_json::json!({
+            "step": state.step, "loss": loss, "learning_rate": learning_rate,
+            "grad_norm": grad_norm, "tokens_per_second": tokens as f64 / seconds,
+        });
+        if settings.contrastive.is_some() {
+            record["contrastive_loss"] =
+                serde_json::json!(contrastive_sum / settings.gradient_accumulation as f64);
+        }
+        write_metric(&mut metrics, out, &record)?;
         on_event(&Event::Step {
             step: state.step,
             loss,

@@ -12,10 +12,58 @@ fn configs_dir() -> PathBuf {
 
 #[test]
 fn every_preset_loads() {
-    for name in ["tiny", "small", "base"] {
+    for name in ["tiny", "small", "base", "retrieval"] {
         let config = TrainConfig::load(&configs_dir().join(format!("{name}.toml"))).unwrap();
         assert!(config.model.hidden_size >= 128, "{name}");
+        assert_eq!(config.training.contrastive.is_some(), name == "retrieval", "{name}");
     }
+}
+
+/// The contrastive loss joins the cloze loss, is logged, and a resumed run still repeats the
+/// uninterrupted one exactly (the crops come from the saved generator).
+#[test]
+fn a_contrastive_run_logs_its_pair_loss_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    let mut config = test_config();
+    config.training.max_steps = 8;
+    config.training.contrastive = Some(cloze_mlm::ContrastiveSettings {
+        weight: 1.0,
+        batch_size: 4,
+        temperature: 0.1,
+        min_crop: 0.3,
+        max_crop: 0.7,
+        min_tokens: 8,
+    });
+    let straight = dir.path().join("straight");
+    train(&options(&config, &corpus, &straight), &mut |_| {}).unwrap();
+    let log = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
+    let pair_losses: Vec<f64> = log
+        .lines()
+        .filter_map(|line| {
+            serde_json::from_str::<serde_json::Value>(line).unwrap()["contrastive_loss"].as_f64()
+        })
+        .collect();
+    assert_eq!(pair_losses.len(), 8);
+    assert!(pair_losses.iter().all(|l| l.is_finite() && *l > 0.0), "{pair_losses:?}");
+
+    let interrupted = dir.path().join("interrupted");
+    let mut first = options(&config, &corpus, &interrupted);
+    first.stop_after = Some(3);
+    train(&first, &mut |_| {}).unwrap();
+    let mut rest = options(&config, &corpus, &interrupted);
+    rest.resume = true;
+    train(&rest, &mut |_| {}).unwrap();
+    assert_eq!(losses(&interrupted), losses(&straight));
+
+    let mut starved = config.clone();
+    starved.training.contrastive.as_mut().unwrap().min_tokens = 1000;
+    let error =
+        train(&options(&starved, &corpus, &dir.path().join("starved")), &mut |_| {}).unwrap_err();
+    assert!(
+        error.to_string().contains("training.contrastive needs at least batch_size"),
+        "{error}"
+    );
 }
 
 /// A config small enough to train in a test, from the tiny preset.

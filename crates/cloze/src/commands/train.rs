@@ -17,10 +17,16 @@ use crate::progress;
 /// perplexity) go there too; --resume continues an interrupted run exactly.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// A preset: configs/tiny.toml, configs/small.toml, configs/base.toml, or your own
-    /// [default with --resume: the settings saved in --out].
-    #[arg(long, value_name = "FILE", required_unless_present = "resume")]
+    /// A preset file: configs/tiny.toml, configs/small.toml, configs/base.toml,
+    /// configs/retrieval.toml, or your own [default with --resume: the settings saved in --out].
+    #[arg(long, value_name = "FILE", required_unless_present_any = ["resume", "preset"], conflicts_with = "preset")]
     config: Option<PathBuf>,
+
+    /// A built-in preset by name, the same as the file in configs/: tiny, small, base, or
+    /// retrieval (tiny's shape trained on the cloze task and, for search, on the contrastive
+    /// loss over spans cropped from the same document; start it from a tiny model with --init).
+    #[arg(long, value_name = "NAME", value_parser = PRESETS.map(|(name, _)| name))]
+    preset: Option<String>,
 
     /// Training text: plain text (.txt, .txt.gz; one document or paragraph a line) or JSONL
     /// corpora (.jsonl, .jsonl.gz; title and text of each document).
@@ -137,14 +143,34 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The presets shipped in configs/, built in so `--preset` works from any folder.
+const PRESETS: [(&str, &str); 4] = [
+    ("tiny", include_str!("../../../../configs/tiny.toml")),
+    ("small", include_str!("../../../../configs/small.toml")),
+    ("base", include_str!("../../../../configs/base.toml")),
+    ("retrieval", include_str!("../../../../configs/retrieval.toml")),
+];
+
 /// The preset (or the resumed run's settings) with the flags applied.
 fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
-    let path = match &args.config {
-        Some(path) => path.clone(),
-        None => args.out.join("train_config.toml"),
+    let (path, text) = match (&args.preset, &args.config) {
+        (Some(name), _) => {
+            let (_, text) =
+                PRESETS.iter().find(|(preset, _)| preset == name).expect("clap checked");
+            (PathBuf::from(format!("configs/{name}.toml")), text.to_string())
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            (path.clone(), text)
+        }
+        (None, None) => {
+            let path = args.out.join("train_config.toml");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            (path, text)
+        }
     };
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut table: toml::Table =
         toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
     let named = [
@@ -171,19 +197,19 @@ fn resolve_config(args: &TrainArgs) -> Result<TrainConfig> {
 
 /// Sets `section.key` to `value`, read as a TOML value (a bare word is a string).
 fn set(table: &mut toml::Table, key: &str, value: &str) -> Result<()> {
-    let Some((section, field)) = key.split_once('.') else {
+    // SECTION.KEY, or deeper for a subsection such as training.contrastive.batch_size.
+    let Some((path, field)) = key.rsplit_once('.') else {
         bail!("\"{key}\" is not SECTION.KEY (sections: model, tokenizer, training)");
     };
-    let section =
-        table.get_mut(section).and_then(toml::Value::as_table_mut).with_context(|| {
-            format!("no [{section}] section (sections: model, tokenizer, training)")
+    let mut section = table;
+    for name in path.split('.') {
+        section = section.get_mut(name).and_then(toml::Value::as_table_mut).with_context(|| {
+            format!("no [{path}] section (sections: model, tokenizer, training)")
         })?;
+    }
     if !section.contains_key(field) {
         let known: Vec<&String> = section.keys().collect();
-        bail!(
-            "no setting \"{field}\" in [{}]; known: {known:?}",
-            key.split('.').next().unwrap_or_default()
-        );
+        bail!("no setting \"{field}\" in [{path}]; known: {known:?}");
     }
     let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
         .ok()

@@ -1,0 +1,208 @@
+//! Contrastive training for retrieval, with no labels (Izacard et al., "Unsupervised Dense
+//! Information Retrieval with Contrastive Learning", 2022: Contriever).
+//!
+//! The cloze task teaches a model about words, not which texts are about the same thing, and
+//! its mean-pooled vectors rank poorly. Here two spans cropped at random from the same document
+//! are a positive pair, and the other documents of the batch are the negatives: the loss pulls
+//! each pair's vectors together and pushes the others apart, which is what search needs.
+
+use candle_core::{Device, Result, Tensor, D};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::embed::mean_pool;
+use crate::model::BertForMaskedLm;
+use crate::tokenizer::SpecialIds;
+
+/// `[training.contrastive]` in a preset: train on the contrastive loss besides the cloze task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContrastiveSettings {
+    /// The contrastive loss's weight in the sum with the cloze loss.
+    pub weight: f64,
+    /// Documents per batch: each gives a pair, and is a negative for the others.
+    pub batch_size: usize,
+    /// The similarities' temperature: lower makes the loss care about the hardest negatives.
+    pub temperature: f64,
+    /// Each crop keeps between these shares of its document's tokens.
+    pub min_crop: f64,
+    pub max_crop: f64,
+    /// Documents shorter than this many tokens are not used (too little to crop twice).
+    pub min_tokens: usize,
+}
+
+impl ContrastiveSettings {
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(self.weight >= 0.0 && self.weight.is_finite()) {
+            return Err(format!(
+                "training.contrastive.weight must be 0 or more, found {}",
+                self.weight
+            ));
+        }
+        if self.batch_size < 2 {
+            return Err("training.contrastive.batch_size must be at least 2 (one negative)".into());
+        }
+        if !(self.temperature > 0.0 && self.temperature.is_finite()) {
+            return Err("training.contrastive.temperature must be above 0".into());
+        }
+        if !(0.0 < self.min_crop && self.min_crop <= self.max_crop && self.max_crop <= 1.0) {
+            return Err("training.contrastive needs 0 < min_crop <= max_crop <= 1".into());
+        }
+        if self.min_tokens < 2 {
+            return Err("training.contrastive.min_tokens must be at least 2".into());
+        }
+        Ok(())
+    }
+}
+
+/// Two crops of each of a batch's documents: rows `0..n` are the first crops, `n..2n` the
+/// second, padded to the longest.
+#[derive(Debug)]
+pub struct CropBatch {
+    pub input_ids: Tensor,
+    pub attention_mask: Tensor,
+    pub pairs: usize,
+}
+
+/// Crops two random spans from each document of `documents` (token ids without special
+/// tokens), each at most `max_len` tokens with `[CLS]` and `[SEP]`.
+pub fn crop_pairs(
+    documents: &[&[u32]],
+    settings: &ContrastiveSettings,
+    max_len: usize,
+    special: SpecialIds,
+    rng: &mut ChaCha8Rng,
+    device: &Device,
+) -> Result<CropBatch> {
+    let mut crops: Vec<Vec<u32>> = vec![Vec::new(); documents.len() * 2];
+    for (i, document) in documents.iter().enumerate() {
+        for view in 0..2 {
+            let share = rng.random_range(settings.min_crop..=settings.max_crop);
+            let length = ((document.len() as f64 * share).round() as usize)
+                .clamp(1, document.len())
+                .min(max_len - 2);
+            let start = rng.random_range(0..=document.len() - length);
+            let crop = &mut crops[view * documents.len() + i];
+            crop.push(special.cls);
+            crop.extend_from_slice(&document[start..start + length]);
+            crop.push(special.sep);
+        }
+    }
+    let length = crops.iter().map(Vec::len).max().unwrap_or(2);
+    let mut ids = Vec::with_capacity(crops.len() * length);
+    let mut mask = Vec::with_capacity(crops.len() * length);
+    for crop in &crops {
+        ids.extend_from_slice(crop);
+        ids.extend(std::iter::repeat_n(special.pad, length - crop.len()));
+        mask.extend(std::iter::repeat_n(1u32, crop.len()));
+        mask.extend(std::iter::repeat_n(0u32, length - crop.len()));
+    }
+    Ok(CropBatch {
+        input_ids: Tensor::from_vec(ids, (crops.len(), length), device)?,
+        attention_mask: Tensor::from_vec(mask, (crops.len(), length), device)?,
+        pairs: documents.len(),
+    })
+}
+
+/// InfoNCE over the batch, both ways: each first crop must pick its own second crop among all
+/// second crops (cosine similarity over `temperature`), and the other way round. Dropout is on
+/// when a generator is given.
+pub fn contrastive_loss(
+    model: &BertForMaskedLm,
+    batch: &CropBatch,
+    temperature: f64,
+    rng: Option<&mut ChaCha8Rng>,
+) -> Result<Tensor> {
+    let hidden = model.encode(&batch.input_ids, &batch.attention_mask, rng)?;
+    let pooled = mean_pool(&hidden, &batch.attention_mask)?;
+    let norms = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let unit = pooled.broadcast_div(&norms)?;
+    let n = batch.pairs;
+    let (first, second) = (unit.narrow(0, 0, n)?, unit.narrow(0, n, n)?);
+    let similarities = (first.matmul(&second.t()?)? / temperature)?;
+    let labels = Tensor::arange(0u32, n as u32, similarities.device())?;
+    let forward = candle_nn::loss::cross_entropy(&similarities, &labels)?;
+    let backward = candle_nn::loss::cross_entropy(&similarities.t()?.contiguous()?, &labels)?;
+    (forward + backward)? / 2.0
+}
+
+/// The documents long enough to crop twice.
+pub fn usable_documents(documents: Vec<Vec<u32>>, settings: &ContrastiveSettings) -> Vec<Vec<u32>> {
+    documents.into_iter().filter(|d| d.len() >= settings.min_tokens).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::config::BertConfig;
+
+    fn settings() -> ContrastiveSettings {
+        ContrastiveSettings {
+            weight: 1.0,
+            batch_size: 4,
+            temperature: 0.05,
+            min_crop: 0.3,
+            max_crop: 0.6,
+            min_tokens: 4,
+        }
+    }
+
+    fn special() -> SpecialIds {
+        SpecialIds { pad: 0, unk: 1, cls: 2, sep: 3, mask: 4 }
+    }
+
+    #[test]
+    fn crops_are_spans_of_their_document_within_the_length() {
+        let documents: Vec<Vec<u32>> =
+            (0..3).map(|d| (0..40).map(|t| 100 * d + t + 5).collect()).collect();
+        let refs: Vec<&[u32]> = documents.iter().map(Vec::as_slice).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        let batch = crop_pairs(&refs, &settings(), 16, special(), &mut rng, &Device::Cpu).unwrap();
+        let ids = batch.input_ids.to_vec2::<u32>().unwrap();
+        let mask = batch.attention_mask.to_vec2::<u32>().unwrap();
+        assert_eq!(ids.len(), 6);
+        for (row, (ids, mask)) in ids.iter().zip(&mask).enumerate() {
+            let used = mask.iter().filter(|m| **m == 1).count();
+            assert!((3..=16).contains(&used), "{used}");
+            assert_eq!((ids[0], ids[used - 1]), (2, 3));
+            let tokens = &ids[1..used - 1];
+            let document = &documents[row % 3];
+            let start = document.iter().position(|t| *t == tokens[0]).unwrap();
+            assert_eq!(&document[start..start + tokens.len()], tokens);
+        }
+    }
+
+    /// Every trainable tensor but the MLM head's own gets a gradient from the contrastive loss
+    /// (the head is trained by the cloze loss): candle's fast LayerNorm and softmax would
+    /// silently pass none.
+    #[test]
+    fn the_loss_reaches_every_encoder_weight() {
+        let config: BertConfig = serde_json::from_value(serde_json::json!({
+            "vocab_size": 60, "hidden_size": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 32,
+        }))
+        .unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let model = BertForMaskedLm::new(&config, &mut rng, &Device::Cpu).unwrap();
+        let documents: Vec<Vec<u32>> =
+            (0..4).map(|d| (0..20).map(|t| (d * 11 + t * 3) % 50 + 5).collect()).collect();
+        let refs: Vec<&[u32]> = documents.iter().map(Vec::as_slice).collect();
+        let batch = crop_pairs(&refs, &settings(), 24, special(), &mut rng, &Device::Cpu).unwrap();
+        let loss = contrastive_loss(&model, &batch, 0.05, Some(&mut rng)).unwrap();
+        assert!(loss.to_scalar::<f32>().unwrap() > 0.0);
+        let gradients = loss.backward().unwrap();
+        for (name, var) in model.parameters().iter() {
+            // The head's transform, norm and bias see only the cloze loss; token_type
+            // embeddings of type 1 are never used.
+            if name.starts_with("cls.predictions") {
+                continue;
+            }
+            let gradient = gradients.get(var).unwrap_or_else(|| panic!("{name}: no gradient"));
+            let size = gradient.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(size > 0.0, "{name}: zero gradient");
+        }
+    }
+}
