@@ -11,7 +11,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::embed::mean_pool;
+use crate::embed::{mean_pool, pad_batch};
 use crate::model::BertForMaskedLm;
 use crate::tokenizer::SpecialIds;
 
@@ -89,20 +89,8 @@ pub fn crop_pairs(
             crop.push(special.sep);
         }
     }
-    let length = crops.iter().map(Vec::len).max().unwrap_or(2);
-    let mut ids = Vec::with_capacity(crops.len() * length);
-    let mut mask = Vec::with_capacity(crops.len() * length);
-    for crop in &crops {
-        ids.extend_from_slice(crop);
-        ids.extend(std::iter::repeat_n(special.pad, length - crop.len()));
-        mask.extend(std::iter::repeat_n(1u32, crop.len()));
-        mask.extend(std::iter::repeat_n(0u32, length - crop.len()));
-    }
-    Ok(CropBatch {
-        input_ids: Tensor::from_vec(ids, (crops.len(), length), device)?,
-        attention_mask: Tensor::from_vec(mask, (crops.len(), length), device)?,
-        pairs: documents.len(),
-    })
+    let (input_ids, attention_mask) = pad_batch(&crops, special.pad, device)?;
+    Ok(CropBatch { input_ids, attention_mask, pairs: documents.len() })
 }
 
 /// InfoNCE over the batch, both ways: each first crop must pick its own second crop among all

@@ -243,17 +243,7 @@ impl Embedder {
 
     /// One forward pass over sequences padded to the longest of them.
     fn embed_batch(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let length = sequences.iter().map(|s| s.len()).max().unwrap_or(0).max(1);
-        let mut ids = Vec::with_capacity(sequences.len() * length);
-        let mut mask = Vec::with_capacity(sequences.len() * length);
-        for sequence in sequences {
-            ids.extend_from_slice(sequence);
-            ids.extend(std::iter::repeat_n(self.special.pad, length - sequence.len()));
-            mask.extend(std::iter::repeat_n(1u32, sequence.len()));
-            mask.extend(std::iter::repeat_n(0u32, length - sequence.len()));
-        }
-        let ids = Tensor::from_vec(ids, (sequences.len(), length), &self.device)?;
-        let mask = Tensor::from_vec(mask, (sequences.len(), length), &self.device)?;
+        let (ids, mask) = pad_batch(sequences, self.special.pad, &self.device)?;
         let hidden = self.model.encode(&ids, &mask, None)?;
         let pooled = match self.pooling {
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
@@ -270,4 +260,27 @@ pub(crate) fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> candle_core
     let weights = attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
     let sum = hidden.broadcast_mul(&weights)?.sum(1)?;
     sum.broadcast_div(&weights.sum(1)?.clamp(1e-9, f64::MAX)?)
+}
+
+/// Token sequences as one batch padded to the longest: `input_ids` and `attention_mask`
+/// (1 for tokens, 0 for padding), both `[batch, length]`.
+pub(crate) fn pad_batch<S: AsRef<[u32]>>(
+    sequences: &[S],
+    pad: u32,
+    device: &candle_core::Device,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let length = sequences.iter().map(|s| s.as_ref().len()).max().unwrap_or(0).max(1);
+    let mut ids = Vec::with_capacity(sequences.len() * length);
+    let mut mask = Vec::with_capacity(sequences.len() * length);
+    for sequence in sequences {
+        let sequence = sequence.as_ref();
+        ids.extend_from_slice(sequence);
+        ids.extend(std::iter::repeat_n(pad, length - sequence.len()));
+        mask.extend(std::iter::repeat_n(1u32, sequence.len()));
+        mask.extend(std::iter::repeat_n(0u32, length - sequence.len()));
+    }
+    Ok((
+        Tensor::from_vec(ids, (sequences.len(), length), device)?,
+        Tensor::from_vec(mask, (sequences.len(), length), device)?,
+    ))
 }

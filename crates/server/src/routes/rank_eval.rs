@@ -16,12 +16,12 @@ use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use cloze_eval::{compare, evaluate, CompareOptions, Metric, Qrels, Run};
-use cloze_search::{search, FusionParams, SearchRequest};
+use cloze_search::{search, FusionParams, Mode, SearchRequest};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
-use crate::routes::search::{check_mode, SearchBody};
+use crate::routes::search::{check_mode, parse_mode, SearchBody};
 use crate::routes::{blocking, read_json};
 use crate::AppState;
 
@@ -105,13 +105,24 @@ pub async fn rank_eval(
     if qrels.num_queries() != body.requests.len() {
         return Err(ApiError::invalid("requests: two requests share an id"));
     }
-    let modes: Vec<Option<String>> = match (&body.mode, &body.modes) {
+    let modes: Vec<Mode> = match (&body.mode, &body.modes) {
         (Some(_), Some(_)) => return Err(ApiError::invalid("modes: give mode or modes, not both")),
         (_, Some(modes)) if modes.is_empty() => {
             return Err(ApiError::invalid("modes: name at least one mode"))
         }
-        (_, Some(modes)) => modes.iter().cloned().map(Some).collect(),
-        (mode, None) => vec![mode.clone()],
+        (_, Some(modes)) => {
+            let mut parsed = Vec::new();
+            for (i, name) in modes.iter().enumerate() {
+                let mode = parse_mode(&format!("modes[{i}]"), name)?;
+                if parsed.contains(&mode) {
+                    return Err(ApiError::invalid(format!("modes[{i}]: {mode} is named twice")));
+                }
+                parsed.push(mode);
+            }
+            parsed
+        }
+        (Some(name), None) => vec![parse_mode("mode", name)?],
+        (None, None) => vec![Mode::Keyword],
     };
     let options = CompareOptions {
         trials: body.trials.unwrap_or(CompareOptions::default().trials),
@@ -124,33 +135,22 @@ pub async fn rank_eval(
             options.trials
         )));
     }
-    // Every query runs with the same settings; only the text changes.
-    let mut templates = Vec::new();
-    for (i, mode) in modes.iter().enumerate() {
-        let settings = SearchBody {
-            q: String::new(),
-            mode: mode.clone(),
-            k: body.k,
-            offset: 0,
-            fusion: body.fusion.clone(),
-            ef_search: body.ef_search,
-            filter: body.filter.clone(),
-            highlight: false,
-            explain: false,
-        };
-        let mut template =
-            settings.request(&state, String::new(), 100).map_err(|error| match body.modes {
-                Some(_) => {
-                    ApiError::invalid(error.reason.replacen("mode:", &format!("modes[{i}]:"), 1))
-                }
-                None => error,
-            })?;
-        if templates.iter().any(|t: &SearchRequest| t.mode == template.mode) {
-            return Err(ApiError::invalid(format!("modes[{i}]: {} is named twice", template.mode)));
-        }
-        template.with_documents = false;
-        templates.push(template);
-    }
+    // Every query runs with the same settings; only the mode and the text change.
+    let settings = SearchBody {
+        q: String::new(),
+        mode: None,
+        k: body.k,
+        offset: 0,
+        fusion: body.fusion.clone(),
+        ef_search: body.ef_search,
+        filter: body.filter.clone(),
+        highlight: false,
+        explain: false,
+    };
+    let mut template = settings.request(&state, String::new(), 100)?;
+    template.with_documents = false;
+    let templates: Vec<SearchRequest> =
+        modes.into_iter().map(|mode| SearchRequest { mode, ..template.clone() }).collect();
     let comparing = body.modes.is_some();
     let requests = body.requests;
     let state = state.into_inner();

@@ -51,9 +51,7 @@ impl SearchBody {
         default_k: usize,
     ) -> Result<SearchRequest, ApiError> {
         let mode = match self.mode.as_deref() {
-            Some(mode) => {
-                mode.parse::<Mode>().map_err(|e| ApiError::invalid(format!("mode: {e}")))?
-            }
+            Some(mode) => parse_mode("mode", mode)?,
             None => Mode::Keyword,
         };
         let k = self.k.unwrap_or(default_k);
@@ -87,6 +85,11 @@ impl SearchBody {
         }
         Ok(request)
     }
+}
+
+/// A mode name from the request field `field`.
+pub(crate) fn parse_mode(field: &str, name: &str) -> Result<Mode, ApiError> {
+    name.parse::<Mode>().map_err(|e| ApiError::invalid(format!("{field}: {e}")))
 }
 
 /// Semantic and hybrid modes need vectors: say so before any work.
