@@ -63,6 +63,8 @@ pub struct CropBatch {
     pub input_ids: Tensor,
     pub attention_mask: Tensor,
     pub pairs: usize,
+    /// Tokens in the crops, padding excluded.
+    pub tokens: usize,
 }
 
 /// Crops two random spans from each document of `documents` (token ids without special
@@ -89,8 +91,9 @@ pub fn crop_pairs(
             crop.push(special.sep);
         }
     }
+    let tokens = crops.iter().map(Vec::len).sum();
     let (input_ids, attention_mask) = pad_batch(&crops, special.pad, device)?;
-    Ok(CropBatch { input_ids, attention_mask, pairs: documents.len() })
+    Ok(CropBatch { input_ids, attention_mask, pairs: documents.len(), tokens })
 }
 
 /// InfoNCE over the batch, both ways: each first crop must pick its own second crop among all

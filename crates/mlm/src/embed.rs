@@ -5,7 +5,9 @@
 //! `sentence_bert_config.json` says 256 tokens, and sentence-transformers pads each batch to its
 //! longest text. So: `max_seq_length` from `sentence_bert_config.json`, else the tokenizer's
 //! truncation, else the model's position limit; padding to the longest in the batch; pooling
-//! from `1_Pooling/config.json` (mean by default).
+//! from `1_Pooling/config.json` (mean by default), or, when the folder has
+//! [`TOKEN_WEIGHTS_FILE`] (written by `cloze train` with `training.idf_pooling`), the mean
+//! weighted by each token's inverse document frequency.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +27,45 @@ pub enum Pooling {
     Mean,
     /// The `[CLS]` token's vector.
     Cls,
+    /// The mean weighted by each token's inverse document frequency in the documents the model
+    /// was trained on ([`TOKEN_WEIGHTS_FILE`]): a rare word says more about what a text is
+    /// about than a common one, as in BM25, and an encoder trained without labels has not
+    /// learnt to discount common words by itself.
+    IdfMean,
+}
+
+/// The model folder's file of one weight per token id (a JSON array), for [`Pooling::IdfMean`].
+pub const TOKEN_WEIGHTS_FILE: &str = "token_weights.json";
+
+/// Each token's inverse document frequency over `documents` (token ids, special tokens left
+/// out), `ln((n + 1) / (df + 1))`, for a vocabulary of `vocab_size`; the `special` tokens weigh 0,
+/// since every text has them.
+pub fn inverse_document_frequencies(
+    documents: &[Vec<u32>],
+    vocab_size: usize,
+    special: &[u32],
+) -> Vec<f32> {
+    let mut frequencies = vec![0u32; vocab_size];
+    let mut seen = vec![usize::MAX; vocab_size];
+    for (index, document) in documents.iter().enumerate() {
+        for &token in document {
+            if let Some(last) = seen.get_mut(token as usize) {
+                if *last != index {
+                    *last = index;
+                    frequencies[token as usize] += 1;
+                }
+            }
+        }
+    }
+    let total = documents.len() as f32 + 1.0;
+    let mut weights: Vec<f32> =
+        frequencies.iter().map(|&df| (total / (df as f32 + 1.0)).ln()).collect();
+    for &token in special {
+        if let Some(weight) = weights.get_mut(token as usize) {
+            *weight = 0.0;
+        }
+    }
+    weights
 }
 
 impl Pooling {
@@ -33,6 +74,7 @@ impl Pooling {
         match self {
             Pooling::Mean => "mean",
             Pooling::Cls => "cls",
+            Pooling::IdfMean => "idf-mean",
         }
     }
 }
@@ -58,6 +100,8 @@ pub struct Embedder {
     special: SpecialIds,
     max_len: usize,
     pooling: Pooling,
+    /// One weight per token id, when the folder has [`TOKEN_WEIGHTS_FILE`].
+    token_weights: Option<Tensor>,
     batch_size: usize,
     device: Device,
 }
@@ -111,6 +155,32 @@ impl Embedder {
             }
             _ => Pooling::Mean,
         };
+        let weights_path = dir.join(TOKEN_WEIGHTS_FILE);
+        let token_weights = match read_json(&weights_path)? {
+            None => None,
+            Some(value) => {
+                let weights: Vec<f32> = serde_json::from_value(value).map_err(|e| {
+                    EmbedError::Settings { path: weights_path.clone(), message: e.to_string() }
+                })?;
+                let vocab_size = model.config().vocab_size;
+                if weights.len() != vocab_size {
+                    return Err(EmbedError::Settings {
+                        path: weights_path,
+                        message: format!(
+                            "{} token weights for a vocabulary of {vocab_size}",
+                            weights.len()
+                        ),
+                    });
+                }
+                Some(Tensor::from_vec(weights, vocab_size, device)?)
+            }
+        };
+        // A model trained for IDF pooling ranks far better with it than with a plain mean.
+        let pooling = if token_weights.is_some() && pooling == Pooling::Mean {
+            Pooling::IdfMean
+        } else {
+            pooling
+        };
         let special = SpecialIds::of(&tokenizer)?;
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -126,14 +196,25 @@ impl Embedder {
             special,
             max_len,
             pooling,
+            token_weights,
             batch_size: DEFAULT_BATCH_SIZE,
             device: device.clone(),
         })
     }
 
-    pub fn with_pooling(mut self, pooling: Pooling) -> Embedder {
+    /// Pools another way than the folder says; [`Pooling::IdfMean`] needs the folder's
+    /// [`TOKEN_WEIGHTS_FILE`].
+    pub fn with_pooling(mut self, pooling: Pooling) -> Result<Embedder, EmbedError> {
+        if pooling == Pooling::IdfMean && self.token_weights.is_none() {
+            return Err(EmbedError::Settings {
+                path: PathBuf::from(TOKEN_WEIGHTS_FILE),
+                message: "IDF pooling needs the model folder's token weights, which this model \
+                          has not (train it with training.idf_pooling = true)"
+                    .to_string(),
+            });
+        }
         self.pooling = pooling;
-        self
+        Ok(self)
     }
 
     /// Tokens per text at most, special tokens included; longer texts are truncated.
@@ -248,6 +329,12 @@ impl Embedder {
         let pooled = match self.pooling {
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
             Pooling::Mean => mean_pool(&hidden, &mask)?,
+            Pooling::IdfMean => {
+                let weights = self.token_weights.as_ref().expect("checked when chosen");
+                let per_token =
+                    weights.index_select(&ids.flatten_all()?, 0)?.reshape(ids.dims())?;
+                weighted_mean_pool(&hidden, &(per_token * mask.to_dtype(DType::F32)?)?)?
+            }
         };
         let norms = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
         Ok(pooled.broadcast_div(&norms)?.to_vec2::<f32>()?)
@@ -257,7 +344,13 @@ impl Embedder {
 /// The mean of each sequence's vectors (`[batch, length, hidden]`) over its real tokens
 /// (`attention_mask` 1): `[batch, hidden]`.
 pub(crate) fn mean_pool(hidden: &Tensor, attention_mask: &Tensor) -> candle_core::Result<Tensor> {
-    let weights = attention_mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+    weighted_mean_pool(hidden, &attention_mask.to_dtype(DType::F32)?)
+}
+
+/// The mean of each sequence's vectors (`[batch, length, hidden]`) weighted by `weights`
+/// (`[batch, length]`, 0 at padding): `[batch, hidden]`.
+fn weighted_mean_pool(hidden: &Tensor, weights: &Tensor) -> candle_core::Result<Tensor> {
+    let weights = weights.unsqueeze(2)?;
     let sum = hidden.broadcast_mul(&weights)?.sum(1)?;
     sum.broadcast_div(&weights.sum(1)?.clamp(1e-9, f64::MAX)?)
 }
@@ -283,4 +376,22 @@ pub(crate) fn pad_batch<S: AsRef<[u32]>>(
         Tensor::from_vec(ids, (sequences.len(), length), device)?,
         Tensor::from_vec(mask, (sequences.len(), length), device)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_counts_once_per_document_and_special_tokens_weigh_nothing() {
+        let documents = vec![vec![5, 5, 5, 6], vec![6, 7], vec![6]];
+        let weights = inverse_document_frequencies(&documents, 9, &[0, 1]);
+        let idf = |df: f32| (4.0f32 / (df + 1.0)).ln();
+        assert_eq!(weights[5], idf(1.0));
+        assert_eq!(weights[6], idf(3.0));
+        assert_eq!(weights[7], idf(1.0));
+        assert_eq!(weights[8], idf(0.0), "an unseen token is as rare as can be");
+        assert_eq!((weights[0], weights[1]), (0.0, 0.0));
+        assert!(weights[6] < weights[5]);
+    }
 }

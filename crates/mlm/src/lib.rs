@@ -19,7 +19,7 @@ pub use checkpoint::{load, load_config, save, CheckpointError, CONFIG_FILE, WEIG
 pub use config::BertConfig;
 pub use contrastive::{contrastive_loss, crop_pairs, ContrastiveSettings, CropBatch};
 pub use data::{pack, read_texts, tokenize, DataError, Packing};
-pub use embed::{EmbedError, Embedder, Pooling, DEFAULT_BATCH_SIZE};
+pub use embed::{EmbedError, Embedder, Pooling, DEFAULT_BATCH_SIZE, TOKEN_WEIGHTS_FILE};
 pub use masking::{MaskedBatch, MaskedSequence, Masker};
 pub use model::{BertForMaskedLm, Parameters};
 pub use optim::{AdamW, AdamWSettings};

@@ -90,6 +90,10 @@ pub struct SpecialIds {
 }
 
 impl SpecialIds {
+    pub fn all(self) -> [u32; 5] {
+        [self.pad, self.unk, self.cls, self.sep, self.mask]
+    }
+
     pub fn of(tokenizer: &Tokenizer) -> Result<SpecialIds, TokenizerError> {
         let id = |token: &'static str| {
             tokenizer.token_to_id(token).ok_or(TokenizerError::MissingSpecial(token))

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -96,9 +96,27 @@ pub struct TrainingSettings {
     pub eval_every: u64,
     pub checkpoint_every: u64,
     pub seed: u64,
+    /// Tokens per text when the trained model embeds (`max_seq_length` in
+    /// `sentence_bert_config.json`) [default: max_len]. A document is longer than the spans
+    /// contrastive training crops from it, and its vector should see all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed_max_len: Option<usize>,
+    /// Write each token's inverse document frequency in the training text beside the model
+    /// ([`crate::TOKEN_WEIGHTS_FILE`]), so that embedders pool with it: what the retrieval preset
+    /// does, as it ranks better than a plain mean.
+    #[serde(default)]
+    pub idf_pooling: bool,
+    /// The cloze loss's weight in the sum with the contrastive loss. 0 skips the cloze task
+    /// (and its cost) for a model trained for search alone.
+    #[serde(default = "default_mlm_weight")]
+    pub mlm_weight: f64,
     /// Also train on the contrastive loss over cropped spans (for retrieval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contrastive: Option<ContrastiveSettings>,
+}
+
+fn default_mlm_weight() -> f64 {
+    1.0
 }
 
 /// A preset: `configs/tiny.toml` and friends.
@@ -178,8 +196,26 @@ impl TrainConfig {
         if t.learning_rate.is_nan() || t.learning_rate <= 0.0 {
             return Err("training.learning_rate must be above 0".to_string());
         }
+        if let Some(length) = t.embed_max_len {
+            if length < 3 || length > self.model.max_position_embeddings {
+                return Err(format!(
+                    "training.embed_max_len ({length}) must be between 3 and \
+                     model.max_position_embeddings ({})",
+                    self.model.max_position_embeddings
+                ));
+            }
+        }
+        if !(t.mlm_weight >= 0.0 && t.mlm_weight.is_finite()) {
+            return Err(format!("training.mlm_weight must be 0 or more, found {}", t.mlm_weight));
+        }
         if let Some(contrastive) = &t.contrastive {
             contrastive.validate()?;
+        }
+        let contrastive_weight = t.contrastive.as_ref().map_or(0.0, |c| c.weight);
+        if t.mlm_weight == 0.0 && contrastive_weight == 0.0 {
+            return Err("training.mlm_weight and training.contrastive.weight are both 0: \
+                        there is nothing to train"
+                .to_string());
         }
         self.bert_config(self.tokenizer.vocab_size, 0).validate().map_err(|e| format!("model: {e}"))
     }
@@ -302,6 +338,13 @@ pub fn train(
     let (train_texts, valid_texts) = split_validation(options, texts)?;
     let train_tokens = data::tokenize(&tokenizer, &train_texts)?;
     let train = data::pack(&train_tokens, settings.packing, settings.max_len, special);
+    let token_weights = settings.idf_pooling.then(|| {
+        crate::embed::inverse_document_frequencies(
+            &train_tokens,
+            tokenizer.get_vocab_size(true),
+            &special.all(),
+        )
+    });
     // Contrastive pairs are cropped from whole documents, not from packed blocks.
     let documents = match &settings.contrastive {
         Some(contrastive) => {
@@ -381,10 +424,14 @@ pub fn train(
         let mut contrastive_sum = 0.0;
         let mut tokens = 0;
         for _ in 0..settings.gradient_accumulation {
-            let sequences = next_sequences(&train, &mut order, &mut state, settings);
-            let batch = masker.mask_batch(&sequences, &mut state.rng, device)?;
-            tokens += batch.tokens;
-            let (mut loss, _) = mlm_loss(&model, &batch, Some(&mut state.rng))?;
+            let mut loss = Tensor::zeros((), DType::F32, device)?;
+            if settings.mlm_weight > 0.0 {
+                let sequences = next_sequences(&train, &mut order, &mut state, settings);
+                let batch = masker.mask_batch(&sequences, &mut state.rng, device)?;
+                tokens += batch.tokens;
+                let (cloze, _) = mlm_loss(&model, &batch, Some(&mut state.rng))?;
+                loss = (loss + (cloze * settings.mlm_weight)?)?;
+            }
             if let Some(contrastive) = &settings.contrastive {
                 // Distinct documents: a document twice in a batch would be its own negative.
                 let picks: Vec<&[u32]> = rand::seq::index::sample(
@@ -409,6 +456,7 @@ pub fn train(
                     contrastive.temperature,
                     Some(&mut state.rng),
                 )?;
+                tokens += crops.tokens;
                 contrastive_sum += f64::from(pairs_loss.to_scalar::<f32>()?);
                 loss = (loss + (pairs_loss * contrastive.weight)?)?;
             }
@@ -482,9 +530,15 @@ pub fn train(
         // read this file first. A model continued from a checkpoint keeps its own length.
         let path = out.join("sentence_bert_config.json");
         if options.init.is_none() && !path.exists() {
+            let max_seq_length = settings.embed_max_len.unwrap_or(settings.max_len);
             let settings_json =
-                serde_json::json!({"max_seq_length": settings.max_len, "do_lower_case": false});
+                serde_json::json!({"max_seq_length": max_seq_length, "do_lower_case": false});
             std::fs::write(&path, settings_json.to_string() + "\n").map_err(io_error(&path))?;
+        }
+        if let Some(weights) = &token_weights {
+            let path = out.join(crate::TOKEN_WEIGHTS_FILE);
+            let text = serde_json::to_string(weights).expect("numbers serialize");
+            std::fs::write(&path, text).map_err(io_error(&path))?;
         }
     }
     match last_evaluation {

@@ -68,6 +68,7 @@ fn long_texts_use_the_sentence_transformers_length_not_the_tokenizer_file() {
     };
     assert!(differ(150), "truncated before 256 tokens");
     assert!(!differ(300), "not truncated at 256 tokens");
-    let cls = Embedder::load(&minilm_dir(), &Device::Cpu).unwrap().with_pooling(Pooling::Cls);
+    let cls =
+        Embedder::load(&minilm_dir(), &Device::Cpu).unwrap().with_pooling(Pooling::Cls).unwrap();
     assert_ne!(cls.embed(&["a cat"]).unwrap(), embedder.embed(&["a cat"]).unwrap());
 }

@@ -27,14 +27,7 @@ fn a_contrastive_run_logs_its_pair_loss_and_resumes_exactly() {
     let corpus = corpus(dir.path());
     let mut config = test_config();
     config.training.max_steps = 8;
-    config.training.contrastive = Some(cloze_mlm::ContrastiveSettings {
-        weight: 1.0,
-        batch_size: 4,
-        temperature: 0.1,
-        min_crop: 0.3,
-        max_crop: 0.7,
-        min_tokens: 8,
-    });
+    config.training.contrastive = Some(small_contrastive());
     let straight = dir.path().join("straight");
     train(&options(&config, &corpus, &straight), &mut |_| {}).unwrap();
     let log = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
@@ -64,6 +57,73 @@ fn a_contrastive_run_logs_its_pair_loss_and_resumes_exactly() {
         error.to_string().contains("training.contrastive needs at least batch_size"),
         "{error}"
     );
+}
+
+/// With the cloze loss weighted 0, a run trains on the contrastive loss alone (the logged loss
+/// is the pair loss), and the model it writes embeds at `embed_max_len`, not at the crops'
+/// length. Settings that leave nothing to train, or embed past the positions, are refused.
+#[test]
+fn a_run_for_search_alone_skips_the_cloze_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    let mut config = test_config();
+    config.training.max_steps = 4;
+    config.training.mlm_weight = 0.0;
+    config.training.embed_max_len = Some(48);
+    config.training.idf_pooling = true;
+    config.training.contrastive = Some(small_contrastive());
+    let out = dir.path().join("search");
+    train(&options(&config, &corpus, &out), &mut |_| {}).unwrap();
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|record: &serde_json::Value| record.get("loss").is_some())
+        .collect();
+    assert_eq!(records.len(), 4);
+    for record in &records {
+        assert_eq!(record["loss"], record["contrastive_loss"], "{record}");
+        assert!(record["tokens_per_second"].as_f64().unwrap() > 0.0, "{record}");
+    }
+    let sentence_bert: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("sentence_bert_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(sentence_bert["max_seq_length"], 48);
+    // The IDF weights ship with the model, and embedders pool with them.
+    let weights: Vec<f32> = serde_json::from_str(
+        &std::fs::read_to_string(out.join(cloze_mlm::TOKEN_WEIGHTS_FILE)).unwrap(),
+    )
+    .unwrap();
+    let embedder = cloze_mlm::Embedder::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(embedder.pooling(), cloze_mlm::Pooling::IdfMean);
+    assert!(weights.iter().all(|w| w.is_finite() && *w >= 0.0));
+    assert!(weights.iter().any(|w| *w > 0.0));
+    let text = ["the cat sat on a mat while dogs ran"];
+    let weighted = embedder.embed(&text).unwrap();
+    let plain = embedder.with_pooling(cloze_mlm::Pooling::Mean).unwrap().embed(&text).unwrap();
+    assert_ne!(weighted, plain);
+
+    let mut idle = config.clone();
+    idle.training.contrastive = None;
+    let error = idle.validate().unwrap_err();
+    assert!(error.contains("nothing to train"), "{error}");
+    let mut too_long = config.clone();
+    too_long.training.embed_max_len = Some(65);
+    let error = too_long.validate().unwrap_err();
+    assert!(error.contains("training.embed_max_len (65)"), "{error}");
+}
+
+/// Contrastive settings for the tiny test corpus: 4 pairs a batch.
+fn small_contrastive() -> cloze_mlm::ContrastiveSettings {
+    cloze_mlm::ContrastiveSettings {
+        weight: 1.0,
+        batch_size: 4,
+        temperature: 0.1,
+        min_crop: 0.3,
+        max_crop: 0.7,
+        min_tokens: 8,
+    }
 }
 
 /// A config small enough to train in a test, from the tiny preset.

@@ -37,7 +37,8 @@ pub struct EmbedArgs {
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
 
-    /// How token vectors become one [default: the model folder's, else mean].
+    /// How token vectors become one [default: the model folder's, else mean; idf-mean when
+    /// the folder has token weights, as the retrieval preset writes].
     #[arg(long, value_enum)]
     pooling: Option<PoolingArg>,
 }
@@ -46,6 +47,8 @@ pub struct EmbedArgs {
 enum PoolingArg {
     Mean,
     Cls,
+    /// The mean weighted by each token's inverse document frequency (token_weights.json).
+    IdfMean,
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
@@ -54,7 +57,8 @@ pub fn run(args: EmbedArgs) -> Result<()> {
         embedder = embedder.with_pooling(match pooling {
             PoolingArg::Mean => Pooling::Mean,
             PoolingArg::Cls => Pooling::Cls,
-        });
+            PoolingArg::IdfMean => Pooling::IdfMean,
+        })?;
     }
     let documents = DocumentReader::open(&args.input, args.fields.mapping()?)?
         .collect::<Result<Vec<_>, _>>()?;

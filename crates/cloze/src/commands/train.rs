@@ -23,8 +23,8 @@ pub struct TrainArgs {
     config: Option<PathBuf>,
 
     /// A built-in preset by name, the same as the file in configs/: tiny, small, base, or
-    /// retrieval (tiny's shape trained on the cloze task and, for search, on the contrastive
-    /// loss over spans cropped from the same document; start it from a tiny model with --init).
+    /// retrieval (an encoder for search, trained from scratch in under an hour on your
+    /// documents to match spans cropped from the same document; no labels needed).
     #[arg(long, value_name = "NAME", value_parser = PRESETS.map(|(name, _)| name))]
     preset: Option<String>,
 
