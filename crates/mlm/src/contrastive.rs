@@ -6,12 +6,12 @@
 //! are a positive pair, and the other documents of the batch are the negatives: the loss pulls
 //! each pair's vectors together and pushes the others apart, which is what search needs.
 
-use candle_core::{Device, Result, Tensor, D};
+use candle_core::{Device, Result, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::embed::{mean_pool, pad_batch};
+use crate::embed::{mean_pool, pad_batch, unit_length};
 use crate::model::BertForMaskedLm;
 use crate::tokenizer::SpecialIds;
 
@@ -106,9 +106,7 @@ pub fn contrastive_loss(
     rng: Option<&mut ChaCha8Rng>,
 ) -> Result<Tensor> {
     let hidden = model.encode(&batch.input_ids, &batch.attention_mask, rng)?;
-    let pooled = mean_pool(&hidden, &batch.attention_mask)?;
-    let norms = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-    let unit = pooled.broadcast_div(&norms)?;
+    let unit = unit_length(&mean_pool(&hidden, &batch.attention_mask)?)?;
     let n = batch.pairs;
     let (first, second) = (unit.narrow(0, 0, n)?, unit.narrow(0, n, n)?);
     let similarities = (first.matmul(&second.t()?)? / temperature)?;

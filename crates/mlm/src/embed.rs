@@ -336,9 +336,14 @@ impl Embedder {
                 weighted_mean_pool(&hidden, &(per_token * mask.to_dtype(DType::F32)?)?)?
             }
         };
-        let norms = pooled.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-        Ok(pooled.broadcast_div(&norms)?.to_vec2::<f32>()?)
+        Ok(unit_length(&pooled)?.to_vec2::<f32>()?)
     }
+}
+
+/// Each row of `vectors` scaled to length 1, so that a dot product is the cosine similarity.
+pub(crate) fn unit_length(vectors: &Tensor) -> candle_core::Result<Tensor> {
+    let norms = vectors.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    vectors.broadcast_div(&norms)
 }
 
 /// The mean of each sequence's vectors (`[batch, length, hidden]`) over its real tokens
