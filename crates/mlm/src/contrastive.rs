@@ -111,8 +111,8 @@ pub fn contrastive_loss(
     let (first, second) = (unit.narrow(0, 0, n)?, unit.narrow(0, n, n)?);
     let similarities = (first.matmul(&second.t()?)? / temperature)?;
     let labels = Tensor::arange(0u32, n as u32, similarities.device())?;
-    let forward = candle_nn::loss::cross_entropy(&similarities, &labels)?;
-    let backward = candle_nn::loss::cross_entropy(&similarities.t()?.contiguous()?, &labels)?;
+    let forward = crate::kernels::cross_entropy(&similarities, &labels)?;
+    let backward = crate::kernels::cross_entropy(&similarities.t()?.contiguous()?, &labels)?;
     (forward + backward)? / 2.0
 }
 

@@ -9,6 +9,7 @@ mod config;
 mod contrastive;
 mod data;
 mod embed;
+mod kernels;
 mod masking;
 mod model;
 mod optim;
@@ -48,6 +49,6 @@ pub fn mlm_loss(
     let (rows, length, size) = hidden.dims3()?;
     let chosen = hidden.reshape((rows * length, size))?.index_select(&batch.positions, 0)?;
     let logits = model.mlm_logits(&chosen)?;
-    let loss = candle_nn::loss::cross_entropy(&logits, &batch.labels)?;
+    let loss = crate::kernels::cross_entropy(&logits, &batch.labels)?;
     Ok((loss, logits))
 }

@@ -3,19 +3,21 @@
 //! The layout and tensor names are Hugging Face's `BertForMaskedLM`, so checkpoints load in
 //! `transformers` and candle-transformers. It differs from candle-transformers' BERT where
 //! training needs it to:
-//! - layer norm and softmax are written with plain tensor ops: candle's fused fast paths pass no
-//!   gradient back, and a model trained through them silently learns nothing;
+//! - layer norm, softmax and GELU are our own fused kernels (`kernels`), with backward passes:
+//!   candle's fused fast paths pass no gradient back, and a model trained through them silently
+//!   learns nothing;
 //! - dropout really drops, from a seeded generator, so a training run can be repeated exactly;
 //! - the decoder is tied to the word embeddings, and logits are computed only at the positions
 //!   the loss looks at.
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::BertConfig;
+use crate::kernels;
 
 /// How a parameter starts when no checkpoint provides it (Hugging Face's BERT initialisation).
 #[derive(Debug, Clone, Copy)]
@@ -112,14 +114,6 @@ fn dropout(xs: &Tensor, p: f64, rng: Option<&mut ChaCha8Rng>) -> Result<Tensor> 
     xs * Tensor::from_vec(mask, xs.shape(), xs.device())?
 }
 
-/// Softmax over the last dimension from plain ops, so gradients flow.
-fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    // Subtracting the (constant) row maximum keeps exp() finite and changes no gradient.
-    let max = xs.max_keepdim(D::Minus1)?.detach();
-    let exp = xs.broadcast_sub(&max)?.exp()?;
-    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
-}
-
 struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
@@ -136,13 +130,8 @@ impl LayerNorm {
         })
     }
 
-    /// Normalises the last dimension with plain ops, so gradients flow.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mean = xs.mean_keepdim(D::Minus1)?;
-        let centered = xs.broadcast_sub(&mean)?;
-        let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = centered.broadcast_div(&(variance + self.eps)?.sqrt()?)?;
-        normed.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        kernels::layer_norm(xs, &self.weight, &self.bias, self.eps)
     }
 }
 
@@ -170,8 +159,16 @@ impl Linear {
         })
     }
 
+    /// `xs` (`[..., inputs]`) times the weight, plus the bias. The leading dimensions are
+    /// flattened into one, so the weight's gradient is a single matrix product rather than one
+    /// per batch row followed by a sum.
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.broadcast_matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+        let mut dims = xs.dims().to_vec();
+        let inputs = dims.pop().unwrap_or(0);
+        let rows = dims.iter().product::<usize>();
+        let product = xs.reshape((rows, inputs))?.matmul(&self.weight.t()?)?;
+        dims.push(product.dim(1)?);
+        kernels::add_bias(&product, &self.bias)?.reshape(dims)
     }
 }
 
@@ -304,8 +301,9 @@ impl Layer {
         let query = self.split_heads(&self.query.forward(xs)?)?;
         let key = self.split_heads(&self.key.forward(xs)?)?;
         let value = self.split_heads(&self.value.forward(xs)?)?;
-        let scores = (query.matmul(&key.t()?)? / (self.head_size as f64).sqrt())?;
-        let probabilities = softmax_last_dim(&scores.broadcast_add(attention_bias)?)?;
+        let scores = query.matmul(&key.t()?)?;
+        let scale = 1.0 / (self.head_size as f64).sqrt();
+        let probabilities = kernels::attention_probabilities(&scores, attention_bias, scale)?;
         let probabilities =
             dropout(&probabilities, config.attention_probs_dropout_prob, rng.as_deref_mut())?;
         let context =
@@ -316,7 +314,7 @@ impl Layer {
             rng.as_deref_mut(),
         )?;
         let xs = self.attention_norm.forward(&(attended + xs)?)?;
-        let inner = self.intermediate.forward(&xs)?.gelu_erf()?;
+        let inner = kernels::gelu(&self.intermediate.forward(&xs)?)?;
         let output = dropout(&self.output.forward(&inner)?, config.hidden_dropout_prob, rng)?;
         self.output_norm.forward(&(output + xs)?)
     }
@@ -427,7 +425,7 @@ impl BertForMaskedLm {
     /// Vocabulary logits `[n, vocab]` for hidden vectors `[n, hidden]`.
     pub fn mlm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let transformed =
-            self.head.norm.forward(&self.head.transform.forward(hidden)?.gelu_erf()?)?;
+            self.head.norm.forward(&kernels::gelu(&self.head.transform.forward(hidden)?)?)?;
         transformed.matmul(&self.embeddings.word.t()?)?.broadcast_add(&self.head.bias)
     }
 }

@@ -1,0 +1,732 @@
+//! Fused CPU kernels for the encoder's memory-bound steps, each with its backward pass.
+//!
+//! candle builds softmax, layer norm, GELU and cross-entropy out of generic tensor ops. On a CPU
+//! every such op allocates a fresh tensor, walks memory once, runs on candle's thread pool and
+//! records a node for backprop, so these steps cost more than the matrix products around them.
+//! Each kernel here makes one pass over each row, spread over rayon's threads, and its backward
+//! pass is one more kernel. candle's own fused versions (`candle_nn::ops::softmax_last_dim`,
+//! `layer_norm`) cannot be used for training: they have no backward pass at all.
+//!
+//! The kernels take contiguous f32 tensors on the CPU. Anything else (a GPU, another dtype) runs
+//! the same maths from plain ops, which is also what the tests hold the kernels to.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+};
+use rayon::prelude::*;
+
+/// Rows handed to one rayon task: enough work to pay for the hand-off.
+fn rows_per_task(row_len: usize) -> usize {
+    (16_384 / row_len.max(1)).max(1)
+}
+
+/// Fills `out`, rows of `n` values, across threads: `fill(i, row)` writes row `i`.
+fn fill_rows(out: &mut [f32], n: usize, fill: impl Fn(usize, &mut [f32]) + Sync) {
+    let per_task = rows_per_task(n);
+    out.par_chunks_mut(per_task * n).enumerate().for_each(|(task, rows)| {
+        for (i, row) in rows.chunks_mut(n).enumerate() {
+            fill(task * per_task + i, row);
+        }
+    });
+}
+
+/// Row `i` of `values`, rows of `n`.
+fn row(values: &[f32], n: usize, i: usize) -> &[f32] {
+    &values[i * n..(i + 1) * n]
+}
+
+fn fused(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32
+}
+
+/// The values of a contiguous f32 tensor (callers make inputs contiguous first).
+fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("fused kernel called on a non-contiguous tensor"),
+    }
+}
+
+fn last_dim(layout: &Layout) -> Result<usize> {
+    match layout.dims().last() {
+        Some(&n) if n > 0 => Ok(n),
+        _ => candle_core::bail!("fused kernel needs a non-empty last dimension"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention probabilities: softmax(scores * scale + bias) over keys.
+
+/// `softmax(scores * scale + bias)` over the last dimension, where `scores` is
+/// `[batch, heads, queries, keys]` and `bias` (`[batch, 1, 1, keys]`, no gradient) masks padding.
+/// Scaling, masking and normalising in one pass saves two passes over the largest activation
+/// of the layer, forward and backward.
+pub(crate) fn attention_probabilities(
+    scores: &Tensor,
+    bias: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    if !fused(scores) {
+        return plain::softmax_last_dim(&(scores * scale)?.broadcast_add(bias)?);
+    }
+    let (batch, _, _, keys) = scores.dims4()?;
+    if bias.dims() != [batch, 1, 1, keys] {
+        candle_core::bail!(
+            "attention bias has shape {:?}, expected [{batch}, 1, 1, {keys}]",
+            bias.dims()
+        );
+    }
+    scores.contiguous()?.apply_op2(&bias.contiguous()?, AttentionSoftmax { scale: scale as f32 })
+}
+
+struct AttentionSoftmax {
+    scale: f32,
+}
+
+impl CustomOp2 for AttentionSoftmax {
+    fn name(&self) -> &'static str {
+        "attention-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        scores: &CpuStorage,
+        scores_layout: &Layout,
+        bias: &CpuStorage,
+        bias_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (scores_values, bias_values) =
+            (values(scores, scores_layout)?, values(bias, bias_layout)?);
+        let (_, heads, queries, keys) = scores_layout.shape().dims4()?;
+        let rows_per_batch = heads * queries;
+        let mut out = vec![0f32; scores_values.len()];
+        fill_rows(&mut out, keys, |i, out_row| {
+            let bias_row = row(bias_values, keys, i / rows_per_batch);
+            let mut max = f32::NEG_INFINITY;
+            for ((o, &s), &b) in out_row.iter_mut().zip(row(scores_values, keys, i)).zip(bias_row) {
+                *o = s * self.scale + b;
+                max = max.max(*o);
+            }
+            normalise_exp(out_row, max);
+        });
+        Ok((CpuStorage::F32(out), scores_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _scores: &Tensor,
+        _bias: &Tensor,
+        probabilities: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = probabilities
+            .apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward { scale: self.scale })?;
+        Ok((Some(grad), None))
+    }
+}
+
+/// Replaces each value by `exp(value - max)`, then divides by their sum.
+fn normalise_exp(row: &mut [f32], max: f32) {
+    let mut sum = 0f32;
+    for value in row.iter_mut() {
+        *value = (*value - max).exp();
+        sum += *value;
+    }
+    let inverse = 1.0 / sum;
+    for value in row.iter_mut() {
+        *value *= inverse;
+    }
+}
+
+/// The gradient of a softmax's input from its output `y` and the output's gradient `g`:
+/// `scale * y * (g - sum(g * y))`, row by row.
+struct SoftmaxBackward {
+    scale: f32,
+}
+
+impl CustomOp2 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        y: &CpuStorage,
+        y_layout: &Layout,
+        g: &CpuStorage,
+        g_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (y_values, g_values) = (values(y, y_layout)?, values(g, g_layout)?);
+        let n = last_dim(y_layout)?;
+        let mut out = vec![0f32; y_values.len()];
+        fill_rows(&mut out, n, |i, out_row| {
+            let (y_row, g_row) = (row(y_values, n, i), row(g_values, n, i));
+            let dot: f32 = y_row.iter().zip(g_row).map(|(y, g)| y * g).sum();
+            for ((o, &y), &g) in out_row.iter_mut().zip(y_row).zip(g_row) {
+                *o = self.scale * y * (g - dot);
+            }
+        });
+        Ok((CpuStorage::F32(out), y_layout.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bias addition.
+
+/// `xs + bias`, `bias` broadcast over every row of `xs` (`[..., n]`). candle's broadcast add
+/// takes the bias's gradient with a strided sum over the leading dimensions, element by element
+/// on one thread; here it is a sum of contiguous rows across threads.
+pub(crate) fn add_bias(xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if !fused(xs) {
+        return xs.broadcast_add(bias);
+    }
+    let n = xs.dim(D::Minus1)?;
+    if bias.dims() != [n] {
+        candle_core::bail!("bias of shape {:?} added to rows of width {n}", bias.dims());
+    }
+    xs.contiguous()?.apply_op2(&bias.contiguous()?, AddBias)
+}
+
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "add-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x_values, b_values) = (values(x, x_layout)?, values(b, b_layout)?);
+        let n = last_dim(x_layout)?;
+        let mut out = vec![0f32; x_values.len()];
+        fill_rows(&mut out, n, |i, out_row| {
+            for ((o, &x), &b) in out_row.iter_mut().zip(row(x_values, n, i)).zip(b_values) {
+                *o = x + b;
+            }
+        });
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _xs: &Tensor,
+        _bias: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad_bias = grad.contiguous()?.apply_op1_no_bwd(&ColumnSum)?;
+        Ok((Some(grad.clone()), Some(grad_bias)))
+    }
+}
+
+/// The sum of all rows (`[..., n]` to `[n]`).
+struct ColumnSum;
+
+/// Adds each row of `rows` into `sums`.
+fn add_rows(mut sums: Vec<f32>, rows: &[f32]) -> Vec<f32> {
+    for row in rows.chunks(sums.len()) {
+        sums.iter_mut().zip(row).for_each(|(s, x)| *s += x);
+    }
+    sums
+}
+
+impl CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "column-sum"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x_values = values(x, layout)?;
+        let n = last_dim(layout)?;
+        let sums = x_values
+            .par_chunks(rows_per_task(n) * n)
+            .fold(|| vec![0f32; n], add_rows)
+            .reduce(|| vec![0f32; n], |a, b| add_rows(a, &b));
+        Ok((CpuStorage::F32(sums), Shape::from(n)))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer norm.
+
+/// Layer normalisation over the last dimension, with learned `weight` and `bias`.
+pub(crate) fn layer_norm(xs: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    if !fused(xs) {
+        return plain::layer_norm(xs, weight, bias, eps);
+    }
+    let n = xs.dim(D::Minus1)?;
+    if weight.dims() != [n] || bias.dims() != [n] {
+        candle_core::bail!(
+            "layer norm of width {n} got weight {:?} and bias {:?}",
+            weight.dims(),
+            bias.dims()
+        );
+    }
+    xs.contiguous()?.apply_op3(weight, bias, LayerNormOp { eps: eps as f32 })
+}
+
+struct LayerNormOp {
+    eps: f32,
+}
+
+/// A row's mean and reciprocal standard deviation.
+fn row_moments(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let variance = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (variance + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNormOp {
+    fn name(&self) -> &'static str {
+        "layer-norm-trainable"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+        b: &CpuStorage,
+        b_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x_values, w_values, b_values) =
+            (values(x, x_layout)?, values(w, w_layout)?, values(b, b_layout)?);
+        let n = last_dim(x_layout)?;
+        let mut out = vec![0f32; x_values.len()];
+        fill_rows(&mut out, n, |i, out_row| {
+            let x_row = row(x_values, n, i);
+            let (mean, rstd) = row_moments(x_row, self.eps);
+            for (((o, &x), &w), &b) in out_row.iter_mut().zip(x_row).zip(w_values).zip(b_values) {
+                *o = (x - mean) * rstd * w + b;
+            }
+        });
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        // One kernel writes the input's gradient and, as two extra rows, the weight's and the
+        // bias's: they need the same normalised values.
+        let n = weight.dim(0)?;
+        let rows = x.elem_count() / n;
+        let all =
+            x.apply_op3_no_bwd(weight, &grad.contiguous()?, &LayerNormBackward { eps: self.eps })?;
+        let grad_x = all.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let grad_weight = all.narrow(0, rows, 1)?.reshape(n)?;
+        let grad_bias = all.narrow(0, rows + 1, 1)?.reshape(n)?;
+        Ok((Some(grad_x), Some(grad_weight), Some(grad_bias)))
+    }
+}
+
+/// Layer norm's backward: `[rows + 2, n]`, the input's gradient, then the weight's, then the
+/// bias's.
+struct LayerNormBackward {
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormBackward {
+    fn name(&self) -> &'static str {
+        "layer-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+        g: &CpuStorage,
+        g_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x_values, w_values, g_values) =
+            (values(x, x_layout)?, values(w, w_layout)?, values(g, g_layout)?);
+        let n = last_dim(x_layout)?;
+        let rows = x_values.len() / n;
+        let mut out = vec![0f32; x_values.len() + 2 * n];
+        let (grad_x, _) = out.split_at_mut(x_values.len());
+        let chunk = rows_per_task(n) * n;
+        let (grad_w, grad_b) = grad_x
+            .par_chunks_mut(chunk)
+            .zip(x_values.par_chunks(chunk).zip(g_values.par_chunks(chunk)))
+            .map(|(out_rows, (x_rows, g_rows))| {
+                let (mut grad_w, mut grad_b) = (vec![0f32; n], vec![0f32; n]);
+                let mut normed = vec![0f32; n];
+                for ((out_row, x_row), g_row) in
+                    out_rows.chunks_mut(n).zip(x_rows.chunks(n)).zip(g_rows.chunks(n))
+                {
+                    let (mean, rstd) = row_moments(x_row, self.eps);
+                    let (mut sum_gw, mut sum_gw_normed) = (0f32, 0f32);
+                    for i in 0..n {
+                        normed[i] = (x_row[i] - mean) * rstd;
+                        let gw = g_row[i] * w_values[i];
+                        sum_gw += gw;
+                        sum_gw_normed += gw * normed[i];
+                        grad_w[i] += g_row[i] * normed[i];
+                        grad_b[i] += g_row[i];
+                    }
+                    let (mean_gw, mean_gw_normed) = (sum_gw / n as f32, sum_gw_normed / n as f32);
+                    for i in 0..n {
+                        out_row[i] =
+                            rstd * (g_row[i] * w_values[i] - mean_gw - normed[i] * mean_gw_normed);
+                    }
+                }
+                (grad_w, grad_b)
+            })
+            .reduce(
+                || (vec![0f32; n], vec![0f32; n]),
+                |(mut w1, mut b1), (w2, b2)| {
+                    w1.iter_mut().zip(&w2).for_each(|(a, b)| *a += b);
+                    b1.iter_mut().zip(&b2).for_each(|(a, b)| *a += b);
+                    (w1, b1)
+                },
+            );
+        out[rows * n..(rows + 1) * n].copy_from_slice(&grad_w);
+        out[(rows + 1) * n..].copy_from_slice(&grad_b);
+        Ok((CpuStorage::F32(out), Shape::from((rows + 2, n))))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// GELU (the exact, erf form BERT uses).
+
+/// `x * Φ(x)`, with Φ the standard normal distribution function.
+pub(crate) fn gelu(xs: &Tensor) -> Result<Tensor> {
+    if !fused(xs) {
+        return xs.gelu_erf();
+    }
+    xs.contiguous()?.apply_op1(Gelu)
+}
+
+struct Gelu;
+
+const SQRT_HALF: f32 = std::f32::consts::FRAC_1_SQRT_2;
+
+/// erf(x) to within 1.5e-7 (Abramowitz and Stegun 7.1.26), cheaper than libm's.
+fn erf(x: f32) -> f32 {
+    // Computed in f64: the polynomial loses digits in f32 near zero.
+    let x = f64::from(x);
+    let t = 1.0 / (1.0 + 0.3275911 * x.abs());
+    let poly = t
+        * (0.254829592
+            + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+    let magnitude = 1.0 - poly * (-x * x).exp();
+    (if x < 0.0 { -magnitude } else { magnitude }) as f32
+}
+
+fn gelu_value(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * SQRT_HALF))
+}
+
+/// d/dx of x Φ(x): Φ(x) + x φ(x).
+fn gelu_slope(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    0.5 * (1.0 + erf(x * SQRT_HALF)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+}
+
+fn map_parallel(input: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
+    let mut out = vec![0f32; input.len()];
+    out.par_chunks_mut(16_384).zip(input.par_chunks(16_384)).for_each(|(o, i)| {
+        o.iter_mut().zip(i).for_each(|(o, &x)| *o = f(x));
+    });
+    out
+}
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "gelu-trainable"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(map_parallel(values(x, layout)?, gelu_value)), layout.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&grad.contiguous()?, &GeluBackward)?))
+    }
+}
+
+struct GeluBackward;
+
+impl CustomOp2 for GeluBackward {
+    fn name(&self) -> &'static str {
+        "gelu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        g: &CpuStorage,
+        g_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x_values, g_values) = (values(x, x_layout)?, values(g, g_layout)?);
+        let mut out = vec![0f32; x_values.len()];
+        out.par_chunks_mut(16_384)
+            .zip(x_values.par_chunks(16_384).zip(g_values.par_chunks(16_384)))
+            .for_each(|(o, (x, g))| {
+                for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                    *o = g * gelu_slope(x);
+                }
+            });
+        Ok((CpuStorage::F32(out), x_layout.shape().clone()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-entropy.
+
+/// The mean over rows of `-log softmax(logits)[label]`: `logits` `[n, classes]`, `labels` `[n]`
+/// (u32). The vocabulary-wide softmax is the widest activation of masked language modelling.
+pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    if !fused(logits) || labels.dtype() != DType::U32 {
+        return candle_nn::loss::cross_entropy(logits, labels);
+    }
+    let (rows, classes) = logits.dims2()?;
+    if labels.dims() != [rows] {
+        candle_core::bail!("cross-entropy of {rows} rows got labels of shape {:?}", labels.dims());
+    }
+    if let Some(&label) = labels.to_vec1::<u32>()?.iter().find(|&&l| l as usize >= classes) {
+        candle_core::bail!("label {label} is not below the number of classes ({classes})");
+    }
+    logits.contiguous()?.apply_op2(&labels.contiguous()?, CrossEntropy)
+}
+
+struct CrossEntropy;
+
+fn u32_values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [u32]> {
+    let data = storage.as_slice::<u32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("fused kernel called on a non-contiguous tensor"),
+    }
+}
+
+/// A row's maximum and `log(sum(exp(row - max)))`.
+fn log_sum_exp(row: &[f32]) -> (f32, f32) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    (max, row.iter().map(|x| (x - max).exp()).sum::<f32>().ln())
+}
+
+impl CustomOp2 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        logits: &CpuStorage,
+        logits_layout: &Layout,
+        labels: &CpuStorage,
+        labels_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (logit_values, label_values) =
+            (values(logits, logits_layout)?, u32_values(labels, labels_layout)?);
+        let classes = last_dim(logits_layout)?;
+        let total: f64 = logit_values
+            .par_chunks(classes)
+            .zip(label_values.par_iter())
+            .map(|(row, &label)| {
+                let (max, log_sum) = log_sum_exp(row);
+                f64::from(max + log_sum - row[label as usize])
+            })
+            .sum();
+        let mean = (total / label_values.len().max(1) as f64) as f32;
+        Ok((CpuStorage::F32(vec![mean]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        _loss: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = logits.apply_op3_no_bwd(labels, &grad.reshape(1)?, &CrossEntropyBackward)?;
+        Ok((Some(grad), None))
+    }
+}
+
+/// `(softmax(logits) - one_hot(label)) * grad / rows`.
+struct CrossEntropyBackward;
+
+impl CustomOp3 for CrossEntropyBackward {
+    fn name(&self) -> &'static str {
+        "cross-entropy-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        logits: &CpuStorage,
+        logits_layout: &Layout,
+        labels: &CpuStorage,
+        labels_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (logit_values, label_values) =
+            (values(logits, logits_layout)?, u32_values(labels, labels_layout)?);
+        let grad = values(grad, grad_layout)?[0] / label_values.len().max(1) as f32;
+        let classes = last_dim(logits_layout)?;
+        let mut out = vec![0f32; logit_values.len()];
+        out.par_chunks_mut(classes)
+            .zip(logit_values.par_chunks(classes).zip(label_values.par_iter()))
+            .for_each(|(out_row, (row, &label))| {
+                let (max, log_sum) = log_sum_exp(row);
+                let shift = max + log_sum;
+                for (o, &x) in out_row.iter_mut().zip(row) {
+                    *o = (x - shift).exp() * grad;
+                }
+                out_row[label as usize] -= grad;
+            });
+        Ok((CpuStorage::F32(out), logits_layout.shape().clone()))
+    }
+}
+
+/// The same maths from plain tensor ops: the fallback off the CPU, and the tests' reference.
+pub(crate) mod plain {
+    use candle_core::{Result, Tensor, D};
+
+    pub(crate) fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+        // Subtracting the (constant) row maximum keeps exp() finite and changes no gradient.
+        let max = xs.max_keepdim(D::Minus1)?.detach();
+        let exp = xs.broadcast_sub(&max)?.exp()?;
+        exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+    }
+
+    pub(crate) fn layer_norm(
+        xs: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        eps: f64,
+    ) -> Result<Tensor> {
+        let mean = xs.mean_keepdim(D::Minus1)?;
+        let centered = xs.broadcast_sub(&mean)?;
+        let variance = centered.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centered.broadcast_div(&(variance + eps)?.sqrt()?)?;
+        normed.broadcast_mul(weight)?.broadcast_add(bias)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let count = shape.iter().product();
+        let values: Vec<f32> = (0..count).map(|_| rng.random::<f32>() * 6.0 - 3.0).collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    }
+
+    /// Runs `f` on fresh variables made from `inputs`, weighting the output by a fixed random
+    /// tensor so every output element matters, and returns the output and each input's gradient.
+    fn forward_and_gradients(
+        inputs: &[Tensor],
+        f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    ) -> (Tensor, Vec<Tensor>) {
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(&tensors).unwrap();
+        let weights = random(out.dims(), 99);
+        let grads = (&out * &weights).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = tensors.iter().map(|t| grads.get(t).expect("a gradient").clone()).collect();
+        (out, grads)
+    }
+
+    fn assert_same(
+        inputs: &[Tensor],
+        fused: impl Fn(&[Tensor]) -> Result<Tensor>,
+        plain: impl Fn(&[Tensor]) -> Result<Tensor>,
+        tolerance: f32,
+    ) {
+        let (out_fused, grads_fused) = forward_and_gradients(inputs, fused);
+        let (out_plain, grads_plain) = forward_and_gradients(inputs, plain);
+        assert!(max_difference(&out_fused, &out_plain) < tolerance, "outputs differ");
+        for (i, (a, b)) in grads_fused.iter().zip(&grads_plain).enumerate() {
+            let difference = max_difference(a, b);
+            assert!(difference < tolerance, "gradient of input {i} differs by {difference}");
+            let size: f32 = b.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+            assert!(size > 0.0, "gradient of input {i} is zero");
+        }
+    }
+
+    #[test]
+    fn attention_softmax_matches_plain_ops_forward_and_backward() {
+        let scores = random(&[2, 3, 5, 7], 1);
+        // The second sequence has two padded keys.
+        let mask: Vec<f32> = (0..14).map(|i| if i >= 12 { f32::MIN } else { 0.0 }).collect();
+        let bias = Tensor::from_vec(mask, (2, 1, 1, 7), &Device::Cpu).unwrap();
+        let scale = 0.37;
+        assert_same(
+            &[scores],
+            |t| attention_probabilities(&t[0], &bias, scale),
+            |t| plain::softmax_last_dim(&(&t[0] * scale)?.broadcast_add(&bias)?),
+            1e-6,
+        );
+    }
+
+    #[test]
+    fn layer_norm_matches_plain_ops_forward_and_backward() {
+        let inputs = [random(&[4, 3, 33], 2), random(&[33], 3), random(&[33], 4)];
+        assert_same(
+            &inputs,
+            |t| layer_norm(&t[0], &t[1], &t[2], 1e-12),
+            |t| plain::layer_norm(&t[0], &t[1], &t[2], 1e-12),
+            1e-4,
+        );
+    }
+
+    #[test]
+    fn bias_addition_matches_broadcast_add_forward_and_backward() {
+        assert_same(
+            &[random(&[2, 300, 17], 8), random(&[17], 9)],
+            |t| add_bias(&t[0], &t[1]),
+            |t| t[0].broadcast_add(&t[1]),
+            1e-4,
+        );
+    }
+
+    #[test]
+    fn gelu_matches_candle_forward_and_backward() {
+        assert_same(&[random(&[3, 1000], 5)], |t| gelu(&t[0]), |t| t[0].gelu_erf(), 2e-6);
+    }
+
+    #[test]
+    fn cross_entropy_matches_candle_forward_and_backward() {
+        let labels = Tensor::new(&[3u32, 0, 9, 9, 4], &Device::Cpu).unwrap();
+        assert_same(
+            &[random(&[5, 10], 6)],
+            |t| cross_entropy(&t[0], &labels),
+            |t| candle_nn::loss::cross_entropy(&t[0], &labels),
+            1e-6,
+        );
+    }
+
+    #[test]
+    fn cross_entropy_refuses_a_label_outside_the_classes() {
+        let labels = Tensor::new(&[10u32], &Device::Cpu).unwrap();
+        let error = cross_entropy(&random(&[1, 10], 7), &labels).unwrap_err().to_string();
+        assert!(error.contains("label 10"), "{error}");
+    }
+}
