@@ -115,3 +115,30 @@ pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
+
+/// Where benchmarks leave their results: `target/bench-results`.
+pub fn bench_results_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results")
+}
+
+/// Saves a benchmark's result as `target/bench-results/NAME.json`, and appends it with the time
+/// to `target/bench-results/results.jsonl`, the table `benches/report.py` draws BENCHMARKS.md's
+/// charts from.
+pub fn save_bench_result(name: &str, result: &serde_json::Value) {
+    let dir = bench_results_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let text = serde_json::to_string_pretty(result).unwrap();
+    std::fs::write(dir.join(format!("{name}.json")), &text).unwrap();
+    let seconds = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let line = serde_json::json!({ "name": name, "unix_time": seconds, "result": result });
+    use std::io::Write;
+    let mut table = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("results.jsonl"))
+        .unwrap();
+    writeln!(table, "{line}").unwrap();
+    println!("{}", dir.join(format!("{name}.json")).display());
+}

@@ -9,6 +9,7 @@ mod analyzer;
 mod collection;
 mod encoder;
 mod error;
+mod flat_graph;
 mod manifest;
 mod token_length;
 mod vectors;
@@ -18,4 +19,4 @@ pub use collection::{Change, Collection, CompactSummary, DataDir, Fields, Ingest
 pub use encoder::{Encoder, ModelRecord};
 pub use error::IndexError;
 pub use manifest::{FusionSettings, HnswSettings, Manifest, SemanticSettings, FORMAT_VERSION};
-pub use vectors::Neighbour;
+pub use vectors::{Neighbour, VectorIndex};
