@@ -118,10 +118,17 @@ fn main() {
         embed_rate / reference_rate
     );
     println!("lowest cosine between the two embeddings of a document: {lowest:.6}");
-    println!(
-        "{}",
-        serde_json::json!({"collection": name, "documents": texts.len(), "model": model_dir,
+    // Named by its folder, or the folder above a folder called `model` (as pip packages it).
+    let named = if model_dir.ends_with("model") { model_dir.parent() } else { Some(model_dir) };
+    let model = named
+        .and_then(|d| d.file_name())
+        .map_or("model".into(), |n| n.to_string_lossy().into_owned());
+    cloze_tests::save_bench_result(
+        &format!("embed-reference-{model}"),
+        &serde_json::json!({"bench": "embed_reference", "collection": name,
+            "documents": texts.len(), "model": model, "model_dir": model_dir,
             "cloze_embed_per_s": embed_rate, "cloze_index_per_s": index_rate,
-            "reference": reference, "lowest_cosine": lowest})
+            "reference": reference, "ratio": embed_rate / reference_rate,
+            "lowest_cosine": lowest}),
     );
 }

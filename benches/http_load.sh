@@ -9,6 +9,9 @@
 # SciFact's corpus over HTTP, then runs wrk for DURATION_SECONDS (default 20) per row, cycling
 # through SciFact's 1,109 queries. The first row, GET /health, is the HTTP floor of the same
 # server and load generator: each search row's throughput is also given as a share of it.
+# Every search answer carries a Server-Timing header (encode, keyword, vector, fusion,
+# documents, serialize); wrk collects them all, and the script prints each stage's median and
+# p99 beside the end-to-end figures, and saves everything to target/bench-results/http-load.json.
 # The shared data comes from $CLOZE_TEST_DATA (default ../shared/data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +50,38 @@ echo "bulk-loaded $documents SciFact documents with $(basename "$model") in $(py
 # One request body per query, for wrk to cycle through.
 python3 - "$data/queries.jsonl" "$work" <<'EOF'
 import json, sys
+# Every answer's Server-Timing header (the server's time per stage) is kept, per wrk thread,
+# and done() prints each stage's median and p99 in ms as one JSON line.
+STAGES = """
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) stages = {} end
+function response(status, headers, body)
+  local timing = headers["server-timing"] or headers["Server-Timing"]
+  if timing == nil then return end
+  for name, ms in timing:gmatch("(%w+);dur=([%d%.]+)") do
+    stages[name] = stages[name] or {}
+    table.insert(stages[name], tonumber(ms))
+  end
+end
+function done(summary, latency, requests)
+  local all, order = {}, {}
+  for _, thread in ipairs(threads) do
+    for name, values in pairs(thread:get("stages")) do
+      if all[name] == nil then all[name] = {}; table.insert(order, name) end
+      for _, v in ipairs(values) do table.insert(all[name], v) end
+    end
+  end
+  local parts = {}
+  for _, name in ipairs(order) do
+    local values = all[name]
+    table.sort(values)
+    local pick = function(f) return values[math.max(1, math.ceil(#values * f))] end
+    table.insert(parts, string.format('"%s": {"median": %.4f, "p99": %.4f}', name, pick(0.5), pick(0.99)))
+  end
+  io.write("STAGES {" .. table.concat(parts, ", ") .. "}\\n")
+end
+"""
 queries = [json.loads(line)["text"] for line in open(sys.argv[1]) if line.strip()]
 for mode in ("keyword", "hybrid"):
     with open(f"{sys.argv[2]}/{mode}.lua", "w") as lua:
@@ -58,6 +93,7 @@ for mode in ("keyword", "hybrid"):
         lua.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
         lua.write("request = function()\n  i = i % #bodies + 1\n")
         lua.write('  return wrk.format(nil, "/collections/scifact/_search", nil, bodies[i])\nend\n')
+        lua.write(STAGES)
 EOF
 
 # Warm up both paths (page cache, the model, the allocator).
@@ -80,7 +116,8 @@ p99 = ms(re.search(r"\s99%\s+(\S+)", text).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 if errors:
     sys.exit(f"{sys.argv[2]}: {errors.group(1)} failed requests")
-print(f"{sys.argv[2]}\t{qps:.1f}\t{p50:.2f}\t{p99:.2f}")
+stages = re.search(r"^STAGES (.*)$", text, re.M)
+print(f"{sys.argv[2]}\t{qps:.1f}\t{p50:.2f}\t{p99:.2f}\t{stages.group(1) if stages else '{}'}")
 EOF
 }
 
@@ -91,12 +128,28 @@ EOF
 } >"$work/rows.tsv"
 
 echo "wrk -t$threads -c$connections -d${duration}s per row; $(nproc) cores shared by wrk and the server"
-python3 - "$work/rows.tsv" <<'EOF'
-import sys
+python3 - "$work/rows.tsv" "$(basename "$model")" "$threads" "$connections" "$duration" <<'EOF'
+import json, os, sys, time
 rows = [line.rstrip("\n").split("\t") for line in open(sys.argv[1])]
 floor = float(rows[0][1])
 print(f"| request | queries/s | p50 ms | p99 ms | queries/s vs GET /health |")
 print(f"|---|---|---|---|---|")
-for name, qps, p50, p99 in rows:
+for name, qps, p50, p99, _ in rows:
     print(f"| {name} | {float(qps):,.1f} | {p50} | {p99} | {float(qps) / floor:.3f} |")
+print()
+print("Server time per stage (Server-Timing of every answer), ms, median / p99:")
+result = {"bench": "http_load", "model": sys.argv[2], "wrk_threads": int(sys.argv[3]),
+          "wrk_connections": int(sys.argv[4]), "duration_s": int(sys.argv[5]), "rows": {}}
+for name, qps, p50, p99, stages in rows:
+    stages = json.loads(stages)
+    result["rows"][name] = {"qps": float(qps), "p50_ms": float(p50), "p99_ms": float(p99), "stages_ms": stages}
+    if stages:
+        cells = ", ".join(f"{stage} {v['median']:.3f} / {v['p99']:.3f}" for stage, v in stages.items())
+        print(f"  {name}: {cells}")
+os.makedirs("target/bench-results", exist_ok=True)
+with open("target/bench-results/http-load.json", "w") as out:
+    json.dump(result, out, indent=2)
+with open("target/bench-results/results.jsonl", "a") as table:
+    table.write(json.dumps({"name": "http-load", "unix_time": int(time.time()), "result": result}) + "\n")
+print("target/bench-results/http-load.json")
 EOF

@@ -191,5 +191,5 @@ fn main() {
     let result = serde_json::json!({ "preset": preset, "steps": steps, "cloze": ours, "pytorch": reference });
     std::fs::write(work.join("result.json"), serde_json::to_string_pretty(&result).unwrap())
         .unwrap();
-    println!("{result}");
+    cloze_tests::save_bench_result(&format!("mlm-reference-{preset}-{steps}"), &result);
 }

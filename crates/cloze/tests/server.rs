@@ -343,6 +343,25 @@ fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
     server.ok("DELETE", "/collections/plain", None);
     server.refused("GET", "/collections/plain", "", 404, "no collection named \"plain\"");
 
+    // Every answer says where the server spent its time, stage by stage.
+    let timing = |mode: &str| -> Vec<(String, f64)> {
+        let url = format!("{}/collections/sf/_search", server.base);
+        let body = json!({"q": "vitamin d and cancer", "mode": mode}).to_string();
+        let response = server.agent.post(&url).send(body).unwrap();
+        let header = response.headers().get("server-timing").expect("a Server-Timing header");
+        let stage = |s: &str| {
+            let (name, ms) = s.split_once(";dur=").unwrap_or_else(|| panic!("{s}"));
+            (name.to_string(), ms.parse::<f64>().unwrap())
+        };
+        header.to_str().unwrap().split(", ").map(stage).collect()
+    };
+    let hybrid = timing("hybrid");
+    let names: Vec<&str> = hybrid.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(names, ["encode", "keyword", "vector", "fusion", "documents", "serialize"]);
+    assert!(hybrid.iter().all(|(_, ms)| *ms > 0.0), "{hybrid:?}");
+    let keyword: Vec<f64> = timing("keyword").into_iter().map(|(_, ms)| ms).collect();
+    assert!(keyword[0] == 0.0 && keyword[2] == 0.0 && keyword[1] > 0.0, "{keyword:?}");
+
     // A restart loses nothing.
     let before = server.search("sf", json!({"q": "cancer", "mode": "hybrid", "k": 10}));
     let metrics = server.call_text("GET", "/metrics", None).1;

@@ -7,11 +7,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::time::Instant;
 
 use cloze_index::{Collection, FusionSettings};
 use serde::{Deserialize, Serialize};
 
-use crate::{keyword, semantic, Hit, Results, SearchError, SearchRequest};
+use crate::{keyword, semantic, Hit, Results, SearchError, SearchRequest, Timings};
 
 /// How each side's scores are put on a common scale before a convex combination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -357,6 +358,8 @@ pub type Ranking = Vec<(String, f32)>;
 pub struct Candidates {
     pub keyword: Ranking,
     pub semantic: Ranking,
+    /// The time each side took (encode, keyword, vector).
+    pub timings: Timings,
 }
 
 /// Both sides' rankings for a query, `depth` deep.
@@ -368,10 +371,21 @@ pub fn candidates(
     let side = |mode_search: fn(&Collection, &SearchRequest) -> Result<Results, SearchError>| {
         let mut side_request = request.clone();
         (side_request.limit, side_request.offset, side_request.with_documents) = (depth, 0, false);
-        mode_search(collection, &side_request)
-            .map(|found| found.hits.into_iter().map(|hit| (hit.id, hit.score)).collect::<Ranking>())
+        mode_search(collection, &side_request).map(|found| {
+            let ranking =
+                found.hits.into_iter().map(|hit| (hit.id, hit.score)).collect::<Ranking>();
+            (ranking, found.timings)
+        })
     };
-    Ok(Candidates { keyword: side(keyword::search)?, semantic: side(semantic::search)? })
+    let (keyword, keyword_timings) = side(keyword::search)?;
+    let (semantic, semantic_timings) = side(semantic::search)?;
+    let timings = Timings {
+        keyword: keyword_timings.keyword,
+        encode: semantic_timings.encode,
+        vector: semantic_timings.vector,
+        ..Timings::default()
+    };
+    Ok(Candidates { keyword, semantic, timings })
 }
 
 pub(crate) fn search(
@@ -383,6 +397,8 @@ pub(crate) fn search(
         None => Fusion::default_for(collection)?,
     };
     let found = candidates(collection, request, fusion.depth)?;
+    let mut timings = found.timings;
+    let started = Instant::now();
     let fused = fuse(&found.keyword, &found.semantic, &fusion);
     let total = fused.len();
     let mut hits: Vec<Hit> = fused
@@ -395,10 +411,13 @@ pub(crate) fn search(
             hit
         })
         .collect();
+    timings.fusion = started.elapsed();
     if request.with_documents {
+        let started = Instant::now();
         semantic::fill_documents_by_id(collection, &mut hits, request)?;
+        timings.documents = started.elapsed();
     }
-    Ok(Results { hits, total })
+    Ok(Results { hits, total, timings })
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! BM25 keyword ranking through tantivy.
 
 use std::collections::BTreeMap;
+use std::time::Instant;
 
 use cloze_index::{analyze, Collection};
 use tantivy::collector::{Count, TopDocs};
@@ -9,7 +10,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, Searcher, Term};
 
-use crate::{Explanation, Hit, Results, SearchError, SearchRequest, SideScore};
+use crate::{Explanation, Hit, Results, SearchError, SearchRequest, SideScore, Timings};
 
 /// The longest snippet, in characters.
 const SNIPPET_CHARS: usize = 200;
@@ -20,9 +21,10 @@ pub(crate) fn search(
 ) -> Result<Results, SearchError> {
     let tantivy_error =
         |source| SearchError::Tantivy { collection: collection.name().to_string(), source };
+    let started = Instant::now();
     let terms = analyze(&mut collection.analyzer(), &request.query);
     if terms.is_empty() {
-        return Ok(Results { hits: Vec::new(), total: 0 });
+        return Ok(Results { hits: Vec::new(), total: 0, timings: Timings::default() });
     }
     let body = collection.fields().body;
     // Every query term is an optional clause, repeats included, so a term said twice weighs
@@ -59,10 +61,13 @@ pub(crate) fn search(
             hit
         })
         .collect();
+    let mut timings = Timings { keyword: started.elapsed(), ..Timings::default() };
     if request.with_documents {
+        let started = Instant::now();
         fill_documents(collection, &searcher, &mut hits, &addresses, &terms, request.highlight)?;
+        timings.documents = started.elapsed();
     }
-    Ok(Results { hits, total })
+    Ok(Results { hits, total, timings })
 }
 
 /// Gives each hit its title, metadata and the passage of its text that best matches the query

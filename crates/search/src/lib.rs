@@ -19,6 +19,7 @@ pub use hybrid::{
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use cloze_index::{Collection, IndexError};
 use serde::Serialize;
@@ -142,6 +143,35 @@ impl Hit {
     }
 }
 
+/// Where a search spent its time, stage by stage (zero for a stage its mode does not run).
+/// The service reports it in a `Server-Timing` header, so a slow query shows its cause.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Embedding the query with the collection's model.
+    pub encode: Duration,
+    /// Analysing the query and ranking with BM25 in tantivy.
+    pub keyword: Duration,
+    /// Searching the HNSW graph (and applying a filter to it).
+    pub vector: Duration,
+    /// Normalising and combining the two rankings.
+    pub fusion: Duration,
+    /// Reading titles, snippets and metadata for the page of hits.
+    pub documents: Duration,
+}
+
+impl Timings {
+    /// Each stage's name and duration, in the order a hybrid search runs them.
+    pub fn stages(&self) -> [(&'static str, Duration); 5] {
+        [
+            ("encode", self.encode),
+            ("keyword", self.keyword),
+            ("vector", self.vector),
+            ("fusion", self.fusion),
+            ("documents", self.documents),
+        ]
+    }
+}
+
 /// The answer to a search: one page of hits, and how many documents the ranking holds in all.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Results {
@@ -150,6 +180,8 @@ pub struct Results {
     /// (and the filter), in semantic mode every document with a vector that passes the
     /// filter, in hybrid mode the union of both sides' candidates.
     pub total: usize,
+    #[serde(skip)]
+    pub timings: Timings,
 }
 
 #[derive(Debug, thiserror::Error)]

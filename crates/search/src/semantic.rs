@@ -1,19 +1,24 @@
 //! Semantic ranking: the query embedded by the collection's model, its nearest documents found
 //! in the collection's HNSW graph.
 
+use std::time::Instant;
+
 use cloze_index::{analyze, Collection};
 
 use crate::keyword::fill_documents;
-use crate::{Explanation, Hit, Results, SearchError, SearchRequest, SideScore};
+use crate::{Explanation, Hit, Results, SearchError, SearchRequest, SideScore, Timings};
 
 pub(crate) fn search(
     collection: &Collection,
     request: &SearchRequest,
 ) -> Result<Results, SearchError> {
     if request.query.trim().is_empty() {
-        return Ok(Results { hits: Vec::new(), total: 0 });
+        return Ok(Results { hits: Vec::new(), total: 0, timings: Timings::default() });
     }
+    let started = Instant::now();
     let query = collection.encoder()?.encode(&[&request.query])?.remove(0);
+    let mut timings = Timings { encode: started.elapsed(), ..Timings::default() };
+    let started = Instant::now();
     let allowed = match &request.filter {
         Some(filter) => Some(filter.document_ids(collection, &collection.searcher())?),
         None => None,
@@ -24,6 +29,7 @@ pub(crate) fn search(
     };
     let wanted = request.offset.saturating_add(request.limit);
     let neighbours = collection.nearest(&query, wanted, request.ef_search, allowed.as_ref())?;
+    timings.vector = started.elapsed();
     let mut hits: Vec<Hit> = neighbours
         .into_iter()
         .enumerate()
@@ -37,9 +43,11 @@ pub(crate) fn search(
         })
         .collect();
     if request.with_documents {
+        let started = Instant::now();
         fill_documents_by_id(collection, &mut hits, request)?;
+        timings.documents = started.elapsed();
     }
-    Ok(Results { hits, total })
+    Ok(Results { hits, total, timings })
 }
 
 /// Gives hits found by id (not through tantivy) their titles and snippets.
