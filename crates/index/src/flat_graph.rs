@@ -55,6 +55,8 @@ thread_local! {
     /// Per thread: the search number each slot was last visited in, and the current number.
     /// Bumping the number forgets every visit without clearing the list.
     static VISITED: RefCell<(Vec<u32>, u32)> = const { RefCell::new((Vec::new(), 0)) };
+    /// Per thread: the links of the point being expanded that were not visited yet.
+    static FRESH: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl FlatGraph {
@@ -117,12 +119,14 @@ impl FlatGraph {
     }
 
     /// The up to `ef` points nearest to the query among those `accept` takes, nearest first.
-    /// `distance(slot)` is the query's distance to a point. Points `accept` refuses are still
-    /// walked through, so a filter narrows the answer without cutting the graph apart.
+    /// `distance(slot)` is the query's distance to a point, and `prefetch(slot)` asks the CPU
+    /// to start loading that point's vector. Points `accept` refuses are still walked through,
+    /// so a filter narrows the answer without cutting the graph apart.
     pub(crate) fn search(
         &self,
         ef: usize,
         distance: impl Fn(u32) -> f32,
+        prefetch: impl Fn(u32),
         accept: impl Fn(u32) -> bool,
     ) -> Vec<(u32, f32)> {
         let Some((entry, top)) = self.entry else { return Vec::new() };
@@ -158,16 +162,23 @@ impl FlatGraph {
             if accept(nearest.slot) {
                 found.push(nearest);
             }
+            let mut fresh = FRESH.with(|fresh| std::mem::take(&mut *fresh.borrow_mut()));
             while let Some(Reverse(current)) = frontier.pop() {
                 if found.len() >= ef && found.peek().is_some_and(|worst| current > *worst) {
                     break;
                 }
+                // All the new neighbours' vectors are requested from memory before the first
+                // distance is computed, so their loads overlap instead of queueing.
+                fresh.clear();
                 for &link in self.links(current.slot, 0) {
                     let mark = &mut marks[link as usize];
-                    if *mark == stamp {
-                        continue;
+                    if *mark != stamp {
+                        *mark = stamp;
+                        fresh.push(link);
+                        prefetch(link);
                     }
-                    *mark = stamp;
+                }
+                for &link in &fresh {
                     let candidate = Candidate { distance: distance(link), slot: link };
                     let full = found.len() >= ef;
                     if !full || found.peek().is_some_and(|worst| candidate < *worst) {
@@ -181,6 +192,7 @@ impl FlatGraph {
                     }
                 }
             }
+            FRESH.with(|cell| *cell.borrow_mut() = fresh);
             found.into_sorted_vec().into_iter().map(|c| (c.slot, c.distance)).collect()
         })
     }
