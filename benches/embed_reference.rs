@@ -1,6 +1,6 @@
 //! Embedding and indexing throughput against sentence-transformers on the same documents.
 //!
-//! `CLOZE_TORCH_PYTHON=PYTHON cargo bench -p cloze-benches --bench embed_reference -- MODEL_DIR
+//! `CLOZE_PEER_PYTHON=PYTHON cargo bench -p cloze-benches --bench embed_reference -- MODEL_DIR
 //! COLLECTION [LIMIT]` takes the first LIMIT documents (default all) of a shared collection,
 //! and, in one run on this machine:
 //! - embeds them with Cloze's encoder (documents/s, embedding only);
@@ -9,7 +9,7 @@
 //! - has sentence-transformers (PyTorch, `embed_reference.py`) embed the same texts with the
 //!   same model, batch 32, 2 threads, and compares the vectors.
 //!
-//! The Python side needs `torch` and `sentence-transformers`: set `CLOZE_TORCH_PYTHON` to an
+//! The Python side needs `torch` and `sentence-transformers`: set `CLOZE_PEER_PYTHON` to an
 //! interpreter that has them (default `python3`).
 
 use std::io::Write;
@@ -48,6 +48,8 @@ fn main() {
     };
 
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    // A warm-up on the first 64 texts (allocator, caches), as the Python side does.
+    encoder.encode(&text_refs[..text_refs.len().min(64)]).unwrap();
     let started = Instant::now();
     let ours: Vec<Vec<f32>> =
         text_refs.chunks(512).flat_map(|chunk| encoder.encode(chunk).unwrap()).collect();
@@ -73,7 +75,7 @@ fn main() {
     }
     drop(out);
     let vectors_file = dir.path().join("reference.f32");
-    let python = std::env::var("CLOZE_TORCH_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let python = cloze_tests::peer_python();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("embed_reference.py");
     let output = Command::new(&python)
         .arg(script)

@@ -10,7 +10,7 @@
 # through SciFact's 1,109 queries. The first row, GET /health, is the HTTP floor of the same
 # server and load generator: each search row's throughput is also given as a share of it.
 # Every search answer carries a Server-Timing header (encode, keyword, vector, fusion,
-# documents, serialize); wrk collects them all, and the script prints each stage's median and
+# documents, serialize); wrk writes them all down, and the script prints each stage's median and
 # p99 beside the end-to-end figures, and saves everything to target/bench-results/http-load.json.
 # The shared data comes from $CLOZE_TEST_DATA (default ../shared/data).
 set -euo pipefail
@@ -50,36 +50,24 @@ echo "bulk-loaded $documents SciFact documents with $(basename "$model") in $(py
 # One request body per query, for wrk to cycle through.
 python3 - "$data/queries.jsonl" "$work" <<'EOF'
 import json, sys
-# Every answer's Server-Timing header (the server's time per stage) is kept, per wrk thread,
-# and done() prints each stage's median and p99 in ms as one JSON line.
+# Every answer's Server-Timing header (the server's time per stage) is appended, one line per
+# answer, to the file named after `--` on wrk's command line (wrk's thread:get cannot be
+# trusted with tables).
 STAGES = """
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-function init(args) stages = {} end
-function response(status, headers, body)
-  local timing = headers["server-timing"] or headers["Server-Timing"]
-  if timing == nil then return end
-  for name, ms in timing:gmatch("(%w+);dur=([%d%.]+)") do
-    stages[name] = stages[name] or {}
-    table.insert(stages[name], tonumber(ms))
+local threads = 0
+function setup(thread)
+  threads = threads + 1
+  thread:set("id", threads)
+end
+function init(args)
+  if args[1] then
+    timings = io.open(args[1] .. "-" .. id, "w")
+    timings:setvbuf("line")
   end
 end
-function done(summary, latency, requests)
-  local all, order = {}, {}
-  for _, thread in ipairs(threads) do
-    for name, values in pairs(thread:get("stages")) do
-      if all[name] == nil then all[name] = {}; table.insert(order, name) end
-      for _, v in ipairs(values) do table.insert(all[name], v) end
-    end
-  end
-  local parts = {}
-  for _, name in ipairs(order) do
-    local values = all[name]
-    table.sort(values)
-    local pick = function(f) return values[math.max(1, math.ceil(#values * f))] end
-    table.insert(parts, string.format('"%s": {"median": %.4f, "p99": %.4f}', name, pick(0.5), pick(0.99)))
-  end
-  io.write("STAGES {" .. table.concat(parts, ", ") .. "}\\n")
+function response(status, headers, body)
+  local timing = headers["server-timing"] or headers["Server-Timing"]
+  if timings and timing then timings:write(timing, "\\n") end
 end
 """
 queries = [json.loads(line)["text"] for line in open(sys.argv[1]) if line.strip()]
@@ -103,9 +91,9 @@ done
 
 run() {  # name, wrk arguments...
     local name=$1; shift
-    wrk -t"$threads" -c"$connections" -d"${duration}s" --latency "$@" >"$work/$name.txt"
-    python3 - "$work/$name.txt" "$name" <<'EOF'
-import re, sys
+    wrk -t"$threads" -c"$connections" -d"${duration}s" --latency "$@" -- "$work/stages-$name" >"$work/$name.txt"
+    python3 - "$work/$name.txt" "$name" "$work/stages-$name" <<'EOF'
+import glob, json, re, sys
 text = open(sys.argv[1]).read()
 def ms(value):
     number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
@@ -116,8 +104,17 @@ p99 = ms(re.search(r"\s99%\s+(\S+)", text).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 if errors:
     sys.exit(f"{sys.argv[2]}: {errors.group(1)} failed requests")
-stages = re.search(r"^STAGES (.*)$", text, re.M)
-print(f"{sys.argv[2]}\t{qps:.1f}\t{p50:.2f}\t{p99:.2f}\t{stages.group(1) if stages else '{}'}")
+per_stage = {}
+for path in glob.glob(sys.argv[3] + "-*"):
+    for line in open(path):
+        for name, ms in re.findall(r"(\w+);dur=([\d.]+)", line):
+            per_stage.setdefault(name, []).append(float(ms))
+stages = {}
+for name, values in per_stage.items():
+    values.sort()
+    pick = lambda f: values[min(len(values) - 1, round((len(values) - 1) * f))]
+    stages[name] = {"median": pick(0.5), "p99": pick(0.99), "answers": len(values)}
+print(f"{sys.argv[2]}\t{qps:.1f}\t{p50:.2f}\t{p99:.2f}\t{json.dumps(stages)}")
 EOF
 }
 

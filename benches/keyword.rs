@@ -85,7 +85,7 @@ fn bench(name: &'static str) {
     let top10_snippets = latency(10, true);
     let top1000_ids = latency(1000, false);
 
-    let python = std::env::var("CLOZE_PEER_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let python = cloze_tests::peer_python();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("keyword_bm25s.py");
     let output = Command::new(&python)
         .arg(&script)

@@ -7,7 +7,7 @@
 //! and both models are scored on the same held-out masks. Prints held-out masked-token
 //! accuracy, training tokens/s (median over steps) and peak resident memory during training
 //! for each side, and writes them to `target/mlm-reference/<preset>-<steps>/result.json`.
-//! The Python side needs `torch` and `transformers`: set `CLOZE_TORCH_PYTHON` to an interpreter
+//! The Python side needs `torch` and `transformers`: set `CLOZE_PEER_PYTHON` to an interpreter
 //! that has them (default `python3`).
 
 use std::io::Write;
@@ -164,7 +164,7 @@ fn main() {
     });
     std::fs::write(work.join("meta.json"), meta.to_string()).unwrap();
     eprintln!("training the PyTorch reference ...");
-    let python = std::env::var("CLOZE_TORCH_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let python = cloze_tests::peer_python();
     let output =
         Command::new(&python).arg(manifest.join("mlm_reference.py")).arg(&work).output().unwrap();
     assert!(

@@ -85,7 +85,11 @@ if http and http["rows"].get("hybrid", {}).get("stages_ms"):
     stages = http["rows"]["hybrid"]["stages_ms"]
     fig, ax = plt.subplots(figsize=(6, 3))
     names = list(stages)
-    ax.barh(names, [stages[n]["median"] for n in names], label="median")
+    positions = range(len(names))
+    ax.barh([p - 0.2 for p in positions], [stages[n]["median"] for n in names], height=0.4, label="median")
+    ax.barh([p + 0.2 for p in positions], [stages[n]["p99"] for n in names], height=0.4, label="p99")
+    ax.set_yticks(list(positions), names)
+    ax.legend()
     ax.invert_yaxis()
     ax.set_xlabel("ms per hybrid search (server side)")
     ax.set_title(f"hybrid _search, {http['model']}: p99 end to end {http['rows']['hybrid']['p99_ms']} ms")

@@ -1,5 +1,6 @@
 //! Vector search against hnswlib, on the same vectors with the same graph settings.
 //!
+//! `benches/vector_search.sh MODEL_DIR scifact|gutenberg` makes the vectors and runs this.
 //! `CLOZE_PEER_PYTHON=PYTHON cargo bench -p cloze-benches --bench vector_search -- VECTORS
 //! QUERIES LABEL` reads two files of `cloze embed` output (`{"id", "vector"}` lines): the
 //! vectors to index and the query vectors. In one run it:
@@ -9,8 +10,9 @@
 //!   scores recall@10 against the exact top 10;
 //! - has hnswlib (`vector_search_hnswlib.py`) do the same with the same vectors and settings.
 //!
-//! It prints, for each side, the build time and, at recall@10 0.95 and 0.99, the queries/s of
-//! the smallest ef_search that reaches it, with the ratio (Cloze / hnswlib), and writes all of it
+//! It prints, for each side, the build time and the queries/s at recall@10 0.95 and 0.99
+//! (interpolated between the ef_search values around it), with the ratio (Cloze / hnswlib),
+//! and writes all of it
 //! to `target/bench-results/vector-search-LABEL.json`. The Python side needs `numpy` and
 //! `hnswlib`: set `CLOZE_PEER_PYTHON` to an interpreter that has them (default `python3`).
 
@@ -22,6 +24,7 @@ use std::time::Instant;
 
 use cloze_index::{HnswSettings, VectorIndex};
 use cloze_tests::median;
+use rayon::prelude::*;
 use serde_json::{json, Value};
 
 const EF_SEARCH: [usize; 9] = [10, 16, 24, 32, 48, 64, 100, 200, 400];
@@ -50,9 +53,19 @@ fn write_f32(path: &Path, vectors: &[Vec<f32>]) {
     }
 }
 
-/// The smallest ef_search whose recall reaches `target`, as (ef, recall, queries/s).
+/// Queries/s at recall `target`, interpolated linearly between the two ef_search values around
+/// it (the ef grid is coarse), with the smallest ef that reaches it: (ef, recall there, q/s
+/// interpolated). None when no ef reaches the target.
 fn at_recall(curve: &[(usize, f64, f64)], target: f64) -> Option<(usize, f64, f64)> {
-    curve.iter().copied().find(|&(_, recall, _)| recall >= target)
+    let i = curve.iter().position(|&(_, recall, _)| recall >= target)?;
+    let (ef, recall, qps) = curve[i];
+    let qps = match i.checked_sub(1).map(|j| curve[j]) {
+        Some((_, below, below_qps)) if recall > below => {
+            below_qps + (qps - below_qps) * (target - below) / (recall - below)
+        }
+        _ => qps,
+    };
+    Some((ef, recall, qps))
 }
 
 fn main() {
@@ -73,7 +86,7 @@ fn main() {
     eprintln!("Cloze built its graph in {build_seconds:.1} s; exact search for the truth ...");
 
     let truth: Vec<Vec<String>> = queries
-        .iter()
+        .par_iter()
         .map(|q| index.exact_nearest(q, K).into_iter().map(|n| n.id).collect())
         .collect();
     let recall = |found: &[Vec<String>]| {
@@ -124,7 +137,7 @@ fn main() {
         "truth": truth_rows,
     });
     std::fs::write(work.join("request.json"), request.to_string()).unwrap();
-    let python = std::env::var("CLOZE_PEER_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let python = cloze_tests::peer_python();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("vector_search_hnswlib.py");
     let output = Command::new(&python).arg(&script).arg(&work).output().unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

@@ -142,3 +142,9 @@ pub fn save_bench_result(name: &str, result: &serde_json::Value) {
     writeln!(table, "{line}").unwrap();
     println!("{}", dir.join(format!("{name}.json")).display());
 }
+
+/// The Python interpreter that has the benchmarks' peers (`benches/requirements.txt`):
+/// `$CLOZE_PEER_PYTHON`, else `python3`.
+pub fn peer_python() -> String {
+    std::env::var("CLOZE_PEER_PYTHON").unwrap_or_else(|_| "python3".to_string())
+}
