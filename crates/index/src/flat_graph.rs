@@ -55,8 +55,6 @@ thread_local! {
     /// Per thread: the search number each slot was last visited in, and the current number.
     /// Bumping the number forgets every visit without clearing the list.
     static VISITED: RefCell<(Vec<u32>, u32)> = const { RefCell::new((Vec::new(), 0)) };
-    /// Per thread: the links of the point being expanded that were not visited yet.
-    static FRESH: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
 
 impl FlatGraph {
@@ -162,7 +160,8 @@ impl FlatGraph {
             if accept(nearest.slot) {
                 found.push(nearest);
             }
-            let mut fresh = FRESH.with(|fresh| std::mem::take(&mut *fresh.borrow_mut()));
+            // The links of the point being expanded that were not visited yet.
+            let mut fresh = Vec::with_capacity(self.width);
             while let Some(Reverse(current)) = frontier.pop() {
                 if found.len() >= ef && found.peek().is_some_and(|worst| current > *worst) {
                     break;
@@ -192,7 +191,6 @@ impl FlatGraph {
                     }
                 }
             }
-            FRESH.with(|cell| *cell.borrow_mut() = fresh);
             found.into_sorted_vec().into_iter().map(|c| (c.slot, c.distance)).collect()
         })
     }

@@ -11,7 +11,7 @@
 //! the same maths from plain ops, which is also what the tests hold the kernels to.
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, D,
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, WithDType, D,
 };
 use rayon::prelude::*;
 
@@ -78,7 +78,12 @@ fn fused(xs: &Tensor) -> bool {
 
 /// The values of a contiguous f32 tensor (callers make inputs contiguous first).
 fn values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    let data = storage.as_slice::<f32>()?;
+    slice(storage, layout)
+}
+
+/// The elements of a contiguous tensor of any type.
+fn slice<'a, T: WithDType>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [T]> {
+    let data = storage.as_slice::<T>()?;
     match layout.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("fused kernel called on a non-contiguous tensor"),
@@ -425,11 +430,7 @@ impl CustomOp3 for LayerNormBackward {
             })
             .reduce(
                 || (vec![0f32; n], vec![0f32; n]),
-                |(mut w1, mut b1), (w2, b2)| {
-                    w1.iter_mut().zip(&w2).for_each(|(a, b)| *a += b);
-                    b1.iter_mut().zip(&b2).for_each(|(a, b)| *a += b);
-                    (w1, b1)
-                },
+                |(w1, b1), (w2, b2)| (add_rows(w1, &w2), add_rows(b1, &b2)),
             );
         out[rows * n..(rows + 1) * n].copy_from_slice(&grad_w);
         out[(rows + 1) * n..].copy_from_slice(&grad_b);
@@ -477,26 +478,21 @@ fn gelu_slope(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * SQRT_HALF)) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
 }
 
-/// `f` of each value, across threads (on the calling thread when there is little to do).
-fn map_parallel(input: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
-    const CHUNK: usize = 16_384;
-    if input.len() <= CHUNK {
-        return input.iter().map(|&x| f(x)).collect();
-    }
-    let mut out = vec![0f32; input.len()];
-    out.par_chunks_mut(CHUNK).zip(input.par_chunks(CHUNK)).for_each(|(o, i)| {
-        o.iter_mut().zip(i).for_each(|(o, &x)| *o = f(x));
-    });
-    out
-}
-
 impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
         "gelu-trainable"
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        Ok((CpuStorage::F32(map_parallel(values(x, layout)?, gelu_value)), layout.shape().clone()))
+        let x_values = values(x, layout)?;
+        let n = last_dim(layout)?;
+        let mut out = vec![0f32; x_values.len()];
+        fill_rows(&mut out, n, |i, out_row| {
+            for (o, &x) in out_row.iter_mut().zip(row(x_values, n, i)) {
+                *o = gelu_value(x);
+            }
+        });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 
     fn bwd(&self, x: &Tensor, _out: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
@@ -519,14 +515,15 @@ impl CustomOp2 for GeluBackward {
         g_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (x_values, g_values) = (values(x, x_layout)?, values(g, g_layout)?);
+        let n = last_dim(x_layout)?;
         let mut out = vec![0f32; x_values.len()];
-        out.par_chunks_mut(16_384)
-            .zip(x_values.par_chunks(16_384).zip(g_values.par_chunks(16_384)))
-            .for_each(|(o, (x, g))| {
-                for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                    *o = g * gelu_slope(x);
-                }
-            });
+        fill_rows(&mut out, n, |i, out_row| {
+            for ((o, &x), &g) in
+                out_row.iter_mut().zip(row(x_values, n, i)).zip(row(g_values, n, i))
+            {
+                *o = g * gelu_slope(x);
+            }
+        });
         Ok((CpuStorage::F32(out), x_layout.shape().clone()))
     }
 }
@@ -540,25 +537,14 @@ pub(crate) fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> 
     if !fused(logits) || labels.dtype() != DType::U32 {
         return candle_nn::loss::cross_entropy(logits, labels);
     }
-    let (rows, classes) = logits.dims2()?;
+    let (rows, _) = logits.dims2()?;
     if labels.dims() != [rows] {
         candle_core::bail!("cross-entropy of {rows} rows got labels of shape {:?}", labels.dims());
-    }
-    if let Some(&label) = labels.to_vec1::<u32>()?.iter().find(|&&l| l as usize >= classes) {
-        candle_core::bail!("label {label} is not below the number of classes ({classes})");
     }
     logits.contiguous()?.apply_op2(&labels.contiguous()?, CrossEntropy)
 }
 
 struct CrossEntropy;
-
-fn u32_values<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [u32]> {
-    let data = storage.as_slice::<u32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("fused kernel called on a non-contiguous tensor"),
-    }
-}
 
 /// A row's maximum and `log(sum(exp(row - max)))`.
 fn log_sum_exp(row: &[f32]) -> (f32, f32) {
@@ -579,8 +565,12 @@ impl CustomOp2 for CrossEntropy {
         labels_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (logit_values, label_values) =
-            (values(logits, logits_layout)?, u32_values(labels, labels_layout)?);
+            (values(logits, logits_layout)?, slice::<u32>(labels, labels_layout)?);
         let classes = last_dim(logits_layout)?;
+        // Checked here, where the labels are at hand; the backward pass reads the same ones.
+        if let Some(&label) = label_values.iter().find(|&&l| l as usize >= classes) {
+            candle_core::bail!("label {label} is not below the number of classes ({classes})");
+        }
         let total: f64 = logit_values
             .par_chunks(classes)
             .zip(label_values.par_iter())
@@ -623,20 +613,19 @@ impl CustomOp3 for CrossEntropyBackward {
         grad_layout: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (logit_values, label_values) =
-            (values(logits, logits_layout)?, u32_values(labels, labels_layout)?);
+            (values(logits, logits_layout)?, slice::<u32>(labels, labels_layout)?);
         let grad = values(grad, grad_layout)?[0] / label_values.len().max(1) as f32;
         let classes = last_dim(logits_layout)?;
         let mut out = vec![0f32; logit_values.len()];
-        out.par_chunks_mut(classes)
-            .zip(logit_values.par_chunks(classes).zip(label_values.par_iter()))
-            .for_each(|(out_row, (row, &label))| {
-                let (max, log_sum) = log_sum_exp(row);
-                let shift = max + log_sum;
-                for (o, &x) in out_row.iter_mut().zip(row) {
-                    *o = exp(x - shift) * grad;
-                }
-                out_row[label as usize] -= grad;
-            });
+        fill_rows(&mut out, classes, |i, out_row| {
+            let logits_row = row(logit_values, classes, i);
+            let (max, log_sum) = log_sum_exp(logits_row);
+            let shift = max + log_sum;
+            for (o, &x) in out_row.iter_mut().zip(logits_row) {
+                *o = exp(x - shift) * grad;
+            }
+            out_row[label_values[i] as usize] -= grad;
+        });
         Ok((CpuStorage::F32(out), logits_layout.shape().clone()))
     }
 }
