@@ -49,6 +49,8 @@ enum Command {
     Compact(commands::compact::CompactArgs),
     Collections(commands::collections::CollectionsArgs),
     Serve(commands::serve::ServeArgs),
+    Snapshot(commands::snapshot::SnapshotArgs),
+    Restore(commands::snapshot::RestoreArgs),
     Train(commands::train::TrainArgs),
     Embed(commands::embed::EmbedArgs),
 }
@@ -79,6 +81,8 @@ fn main() -> ExitCode {
         Command::Compact(args) => commands::compact::run(&data_dir, args),
         Command::Collections(args) => commands::collections::run(&data_dir, args),
         Command::Serve(args) => commands::serve::run(data_dir, args),
+        Command::Snapshot(args) => commands::snapshot::run(&data_dir, args),
+        Command::Restore(args) => commands::snapshot::restore(&data_dir, args),
         Command::Train(args) => commands::train::run(args),
         Command::Embed(args) => commands::embed::run(args),
     };

@@ -103,3 +103,95 @@ fn killing_the_indexer_at_any_moment_keeps_both_indexes_consistent() {
     assert_eq!(committed_ids(&data), after);
     assert_eq!(std::fs::read_dir(data.join("docs/vectors")).unwrap().count(), 1);
 }
+
+mod common;
+
+/// One bulk request of `count` new documents named `round-i`.
+fn bulk_body(round: usize, request: usize, count: usize) -> (String, Vec<String>) {
+    let words = ["river", "bridge", "engine", "wing", "heat", "flow", "gene", "dose", "cell"];
+    let ids: Vec<String> = (0..count).map(|i| format!("r{round}-b{request}-{i}")).collect();
+    let body = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let text: Vec<&str> = (0..20).map(|j| words[(i * 7 + j * j) % words.len()]).collect();
+            format!("{{\"_id\": \"{id}\", \"text\": \"{}\"}}\n", text.join(" "))
+        })
+        .collect();
+    (body, ids)
+}
+
+#[test]
+fn killing_the_server_never_loses_an_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let words = "river bridge engine wing heat flow gene dose cell";
+    let model = cloze_tests::small_model(&dir.path().join("model"), &[words], 64, 3);
+    let data = dir.path().join("index");
+    let server = common::Server::start(&data, &[]);
+    server.ok("PUT", "/collections/docs", Some(&format!("{{\"model\": {model:?}}}")));
+    server.stop();
+
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut acknowledged: BTreeSet<String> = BTreeSet::new();
+    let mut unanswered = 0;
+    for round in 0..KILLS {
+        let server = common::Server::start(&data, &[]);
+        let pid = server.child.id() as libc::pid_t;
+        let kill_after = std::time::Duration::from_millis(rng.random_range(50..600));
+        // Bulk requests one after another until the server dies; each answered one is recorded
+        // together with the ids of the one in flight when it died.
+        let (answered, in_flight) = std::thread::scope(|scope| {
+            let client = scope.spawn(|| {
+                let mut answered = Vec::new();
+                for request in 0.. {
+                    let (body, ids) = bulk_body(round, request, 40);
+                    let url = format!("{}/collections/docs/_bulk", server.base);
+                    match server.agent.post(&url).send(body.as_str()) {
+                        Ok(response) if response.status() == 200 => answered.extend(ids),
+                        Ok(response) => panic!("round {round}: status {}", response.status()),
+                        Err(_) => return (answered, ids),
+                    }
+                }
+                unreachable!()
+            });
+            std::thread::sleep(kill_after);
+            assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+            client.join().unwrap()
+        });
+        drop(server);
+        let collection =
+            DataDir::new(&data).open("docs").expect("the collection opens after a kill");
+        let stored: BTreeSet<String> = collection.document_ids().unwrap().into_iter().collect();
+        let vectors: BTreeSet<String> = collection.vector_document_ids().into_iter().collect();
+        assert_eq!(stored, vectors, "round {round}: vectors and documents disagree");
+        acknowledged.extend(answered);
+        let lost: Vec<_> = acknowledged.difference(&stored).collect();
+        assert!(lost.is_empty(), "round {round}: acknowledged but lost: {lost:?}");
+        // The request in flight landed whole or not at all.
+        let landed = in_flight.iter().filter(|id| stored.contains(*id)).count();
+        assert!(landed == 0 || landed == in_flight.len(), "round {round}: {landed} of a bulk");
+        if landed == 0 {
+            unanswered += 1;
+        }
+        assert_eq!(
+            stored.len(),
+            acknowledged.len() + landed,
+            "round {round}: unexpected documents"
+        );
+        acknowledged.extend(in_flight.into_iter().take(landed));
+    }
+    eprintln!(
+        "{KILLS} kills: {} documents acknowledged, {unanswered} bulks cut off",
+        acknowledged.len()
+    );
+    assert!(acknowledged.len() >= 40 * KILLS, "too few writes were answered to show anything");
+    assert!(unanswered > 0, "no kill landed during a write");
+    // A fresh start serves all of it and clears what the kills left.
+    let server = common::Server::start(&data, &[]);
+    assert_eq!(server.ok("GET", "/collections/docs", None)["documents"], acknowledged.len());
+    let hidden = std::fs::read_dir(&data)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with('.'));
+    assert_eq!(hidden.count(), 0);
+    server.stop();
+}

@@ -1,122 +1,15 @@
 //! `cloze serve` end to end: a real server process on a free loopback port, driven over HTTP.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloze_tests::{beir_collection, small_model};
+use cloze_tests::beir_collection;
 use serde_json::{json, Value};
 
-struct Server {
-    child: Child,
-    base: String,
-    agent: ureq::Agent,
-}
-
-impl Server {
-    /// Starts `cloze serve` on port 0 and reads the address it chose from its first line.
-    fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cloze"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["serve", "--bind", "127.0.0.1:0"])
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let address = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("{line}"));
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(300)))
-            .build();
-        Server { child, base: address.to_string(), agent: config.into() }
-    }
-
-    fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let (status, text) = self.call_text(method, path, body);
-        let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}: {text}"));
-        (status, value)
-    }
-
-    fn call_text(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        let url = format!("{}{path}", self.base);
-        let response = match (method, body) {
-            ("GET", _) => self.agent.get(&url).call(),
-            ("DELETE", _) => self.agent.delete(&url).call(),
-            ("PUT", body) => self.agent.put(&url).send(body.unwrap_or("")),
-            ("POST", body) => self.agent.post(&url).send(body.unwrap_or("")),
-            _ => unreachable!(),
-        };
-        let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = response.status().as_u16();
-        let text = response.body_mut().with_config().limit(1 << 30).read_to_string().unwrap();
-        (status, text)
-    }
-
-    fn ok(&self, method: &str, path: &str, body: Option<&str>) -> Value {
-        let (status, value) = self.call(method, path, body);
-        assert!((200..300).contains(&status), "{method} {path}: {status} {value}");
-        value
-    }
-
-    /// Asks for a 4xx whose JSON error names `what`.
-    fn refused(&self, method: &str, path: &str, body: &str, status: u16, what: &str) -> Value {
-        let (got, value) = self.call(method, path, Some(body));
-        assert_eq!(got, status, "{method} {path} {body}: {value}");
-        assert_eq!(value["status"], status);
-        let reason = value["error"]["reason"].as_str().unwrap_or_default();
-        assert!(reason.contains(what), "expected \"{what}\" in: {reason}");
-        value
-    }
-
-    fn search(&self, collection: &str, request: Value) -> Value {
-        self.ok("POST", &format!("/collections/{collection}/_search"), Some(&request.to_string()))
-    }
-
-    /// SIGTERM, then waits: a clean stop exits with success.
-    fn stop(mut self) {
-        let pid = self.child.id() as libc::pid_t;
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "the server exited with {status}");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The first `count` SciFact documents, as the NDJSON lines they are in the corpus file.
-fn scifact_lines(range: std::ops::Range<usize>) -> (String, Vec<String>) {
-    let corpus = std::fs::read_to_string(beir_collection("scifact").corpus).unwrap();
-    let lines: Vec<&str> = corpus.lines().skip(range.start).take(range.len()).collect();
-    let ids = lines
-        .iter()
-        .map(|line| {
-            serde_json::from_str::<Value>(line).unwrap()["_id"].as_str().unwrap().to_string()
-        })
-        .collect();
-    (lines.join("\n") + "\n", ids)
-}
-
-fn model(dir: &Path) -> PathBuf {
-    let corpus = std::fs::read_to_string(beir_collection("scifact").corpus).unwrap();
-    let texts: Vec<&str> = corpus.lines().take(300).collect();
-    small_model(&dir.join("model"), &texts, 64, 7)
-}
-
-fn ids(hits: &Value) -> Vec<&str> {
-    hits["hits"].as_array().unwrap().iter().map(|hit| hit["id"].as_str().unwrap()).collect()
-}
+mod common;
+use common::{ids, model, scifact_lines, Server};
 
 #[test]
 fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
@@ -544,9 +437,12 @@ fn the_openapi_document_describes_the_routes_there_are() {
         "GET /health",
         "GET /metrics",
         "GET /openapi.json",
+        "GET /snapshots",
         "POST /collections/{name}/_bulk",
         "POST /collections/{name}/_rank_eval",
+        "POST /collections/{name}/_restore",
         "POST /collections/{name}/_search",
+        "POST /collections/{name}/_snapshot",
         "PUT /collections/{name}",
     ];
     assert_eq!(listed, expected);
@@ -737,5 +633,82 @@ fn the_search_page_shows_highlighted_results_as_a_person_types() {
     assert!(ranks.as_str().unwrap().contains("semantic #"), "{ranks}");
     assert_eq!(browser.script("return document.querySelectorAll('li.hit').length"), 10);
     drop(browser);
+    server.stop();
+}
+
+#[test]
+fn snapshots_taken_while_writes_go_on_restore_whole_commits() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("index");
+    let model = model(work.path());
+    let server = Server::start(&data, &[]);
+    server.ok("PUT", "/collections/sf", Some(&json!({"model": model}).to_string()));
+    // Bulks of 25 documents go on while snapshots are taken: each must hold whole bulks.
+    let (lines, _) = scifact_lines(0..200);
+    let lines: Vec<&str> = lines.lines().collect();
+    let snapshots: Vec<Value> = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            for chunk in lines.chunks(25) {
+                server.ok("POST", "/collections/sf/_bulk", Some(&chunk.join("\n")));
+            }
+        });
+        let mut taken = Vec::new();
+        while !writer.is_finished() {
+            taken.push(server.ok("POST", "/collections/sf/_snapshot", Some("")));
+        }
+        writer.join().unwrap();
+        taken
+    });
+    assert!(snapshots.len() >= 2, "{snapshots:?}");
+    for snapshot in &snapshots {
+        assert_eq!(snapshot["documents"].as_u64().unwrap() % 25, 0, "{snapshot}");
+    }
+    let listed = server.ok("GET", "/snapshots", None);
+    assert_eq!(listed["snapshots"].as_array().unwrap().len(), snapshots.len());
+
+    // Restore one as a new collection and over the original; both answer semantic searches.
+    let chosen = snapshots.iter().find(|s| s["documents"].as_u64() > Some(0)).unwrap();
+    let name = chosen["name"].as_str().unwrap();
+    let restore = json!({"snapshot": name}).to_string();
+    let restored = server.ok("POST", "/collections/copy/_restore", Some(&restore));
+    assert_eq!(restored["documents"], chosen["documents"]);
+    server.refused("POST", "/collections/sf/_restore", &restore, 409, "already exists");
+    let replace = json!({"snapshot": name, "replace": true}).to_string();
+    server.ok("POST", "/collections/sf/_restore", Some(&replace));
+    assert_eq!(server.ok("GET", "/collections/sf", None)["documents"], chosen["documents"]);
+    for collection in ["sf", "copy"] {
+        let hits = server.search(collection, json!({"q": "cells", "mode": "hybrid", "k": 3}));
+        assert_eq!(ids(&hits).len(), 3);
+    }
+    server.refused(
+        "POST",
+        "/collections/x/_restore",
+        "{\"snapshot\": \"nope\"}",
+        404,
+        "no snapshot",
+    );
+    server.refused(
+        "POST",
+        "/collections/x/_restore",
+        "{\"snapshot\": \"../sf\"}",
+        400,
+        "snapshot:",
+    );
+
+    // The command line snapshots the collection the server is serving, and restores it under a
+    // new name that the server then serves.
+    let out = work.path().join("cli-snapshot");
+    let cli = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_cloze"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    };
+    cli(&["snapshot", "--collection", "sf", "--out", out.to_str().unwrap()]);
+    cli(&["restore", "--collection", "from-cli", "--from", out.to_str().unwrap()]);
+    assert_eq!(server.ok("GET", "/collections/from-cli", None)["documents"], chosen["documents"]);
     server.stop();
 }

@@ -34,7 +34,7 @@ use crate::error::IndexError;
 use crate::manifest::{FusionSettings, Manifest, SemanticSettings};
 use crate::vectors::{self, Neighbour, VectorIndex, VECTORS_DIR};
 
-const TANTIVY_DIR: &str = "tantivy";
+pub(crate) const TANTIVY_DIR: &str = "tantivy";
 /// The name the collection's analyzer is registered under in tantivy.
 const ANALYZER_NAME: &str = "cloze";
 /// Indexing memory; tantivy flushes a segment to disk when it is reached.
@@ -109,7 +109,7 @@ impl DataDir {
                 message,
             })?;
         }
-        let building = self.root.join(format!(".{name}.creating-{}", std::process::id()));
+        let building = self.hidden(name, "creating");
         let io_error = |path: &Path| {
             let path = path.to_path_buf();
             move |source| IndexError::Io { path, source }
@@ -122,7 +122,7 @@ impl DataDir {
             let _ = std::fs::remove_dir_all(&building);
             return Err(error);
         }
-        std::fs::rename(&building, &dir).map_err(io_error(&dir))?;
+        crate::files::rename_synced(&building, &dir)?;
         Collection::open_dir(name, dir)
     }
 
@@ -142,14 +142,60 @@ impl DataDir {
         Collection::open_dir(name, self.collection_dir(name)?)
     }
 
-    /// Removes a collection and everything in it.
+    /// Removes a collection and everything in it. It disappears at once, whole: it is renamed
+    /// to a hidden folder first, which a crash may leave behind for [`DataDir::clear_debris`].
     pub fn delete(&self, name: &str) -> Result<(), IndexError> {
         let dir = self.collection_dir(name)?;
         if !self.exists(name)? {
             return self.open(name).map(drop);
         }
-        std::fs::remove_dir_all(&dir).map_err(|source| IndexError::Io { path: dir, source })
+        let doomed = self.hidden(name, "deleting");
+        crate::files::rename_synced(&dir, &doomed)?;
+        crate::files::remove_dir(&doomed)
     }
+
+    /// A hidden folder beside the collections for work on `name` by this process, which a
+    /// listing never shows: `.NAME.WHAT-PID`.
+    pub(crate) fn hidden(&self, name: &str, what: &str) -> PathBuf {
+        self.root.join(format!(".{name}.{what}-{}", std::process::id()))
+    }
+
+    /// Removes what interrupted creates, deletes and restores left behind: hidden work
+    /// folders of processes that are no longer running. Returns how many it removed.
+    pub fn clear_debris(&self) -> Result<usize, IndexError> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => return Err(IndexError::Io { path: self.root.clone(), source }),
+        };
+        let mut removed = 0;
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = debris_owner(&name) else { continue };
+            if process_is_running(pid) {
+                continue;
+            }
+            tracing::warn!("removing {name}, left behind by an interrupted process {pid}");
+            crate::files::remove_dir(&entry.path())?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+}
+
+/// The process that owns a hidden work folder `.NAME.WHAT-PID`, if `folder` is one.
+fn debris_owner(folder: &str) -> Option<u32> {
+    const WORK: [&str; 4] = ["creating", "deleting", "restoring", "replaced"];
+    let rest = folder.strip_prefix('.')?;
+    let (what, pid) = rest.rsplit_once('.')?.1.rsplit_once('-')?;
+    WORK.contains(&what).then_some(())?;
+    pid.parse().ok()
+}
+
+/// Where there is no /proc to ask, every process counts as running: nothing is removed.
+fn process_is_running(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    pid == std::process::id() || !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
 /// Collection names become folder names: keep them to a portable set that cannot climb out of
@@ -164,7 +210,7 @@ fn load_vectors(
 }
 
 /// The vector generation that the index's last commit names (0 before any).
-fn committed_generation(index: &Index, dir: &Path) -> Result<u64, IndexError> {
+pub(crate) fn committed_generation(index: &Index, dir: &Path) -> Result<u64, IndexError> {
     let metas = index
         .load_metas()
         .map_err(|source| IndexError::Tantivy { path: dir.join(TANTIVY_DIR), source })?;
@@ -179,7 +225,7 @@ fn committed_generation(index: &Index, dir: &Path) -> Result<u64, IndexError> {
     }
 }
 
-fn validate_name(name: &str) -> Result<(), IndexError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), IndexError> {
     let valid = (1..=128).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
@@ -296,7 +342,7 @@ pub struct CompactSummary {
 }
 
 impl Collection {
-    fn open_dir(name: &str, dir: PathBuf) -> Result<Collection, IndexError> {
+    pub(crate) fn open_dir(name: &str, dir: PathBuf) -> Result<Collection, IndexError> {
         let manifest = Manifest::load(&dir)?;
         let tantivy_error = |source| IndexError::Tantivy { path: dir.join(TANTIVY_DIR), source };
         let index = Index::open_in_dir(dir.join(TANTIVY_DIR)).map_err(tantivy_error)?;
@@ -354,6 +400,10 @@ impl Collection {
 
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    pub(crate) fn index(&self) -> &Index {
+        &self.index
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -682,7 +732,7 @@ impl Collection {
 
     /// A tantivy writer, which also holds the collection's write lock: a second writer, in
     /// this process or another, is refused. Debris of interrupted writes is cleared first.
-    fn writer(&self) -> Result<IndexWriter, IndexError> {
+    pub(crate) fn writer(&self) -> Result<IndexWriter, IndexError> {
         // One indexing thread keeps documents in the order they came, so equal scores rank the
         // same way on every build of the collection and relevance figures are reproducible.
         let writer = self

@@ -9,8 +9,10 @@ mod analyzer;
 mod collection;
 mod encoder;
 mod error;
+mod files;
 mod flat_graph;
 mod manifest;
+mod snapshot;
 mod token_length;
 mod vectors;
 
@@ -19,4 +21,5 @@ pub use collection::{Change, Collection, CompactSummary, DataDir, Fields, Ingest
 pub use encoder::{Encoder, ModelRecord};
 pub use error::IndexError;
 pub use manifest::{FusionSettings, HnswSettings, Manifest, SemanticSettings, FORMAT_VERSION};
+pub use snapshot::{SnapshotInfo, SNAPSHOT_FILE};
 pub use vectors::{Neighbour, VectorIndex};

@@ -18,7 +18,6 @@
 //! skipped by a search filter, until [`VectorIndex::compacted`] rebuilds the graph without them.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::IndexError;
+use crate::files::{io_error, read_all, remove_dir, sync_dir, write_synced};
 use crate::flat_graph::FlatGraph;
 use crate::manifest::HnswSettings;
 
@@ -497,31 +497,6 @@ pub(crate) fn remove_other_generations(vectors_dir: &Path, keep: u64) -> Result<
         }
     }
     Ok(())
-}
-
-fn remove_dir(dir: &Path) -> Result<(), IndexError> {
-    std::fs::remove_dir_all(dir).map_err(io_error(dir))
-}
-
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
-    move |source| IndexError::Io { path: path.to_path_buf(), source }
-}
-
-fn read_all(path: &Path) -> Result<Vec<u8>, IndexError> {
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|mut file| file.read_to_end(&mut bytes))
-        .map_err(io_error(path))?;
-    Ok(bytes)
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), IndexError> {
-    let mut file = std::fs::File::create(path).map_err(io_error(path))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io_error(path))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), IndexError> {
-    std::fs::File::open(dir).and_then(|file| file.sync_all()).map_err(io_error(dir))
 }
 
 fn sha256(bytes: &[u8]) -> String {

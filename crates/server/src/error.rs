@@ -3,7 +3,7 @@
 //! Every error body has the same shape, close to Elasticsearch's:
 //! `{"error": {"type": "invalid_request", "reason": "k: must be between 1 and 10000"}, "status": 400}`.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use cloze_index::IndexError;
 use cloze_search::SearchError;
@@ -57,7 +57,18 @@ impl ResponseError for ApiError {
         if self.status.is_server_error() {
             tracing::error!("{self}");
         }
-        HttpResponse::build(self.status).json(self.body())
+        let mut response = HttpResponse::build(self.status);
+        match self.status {
+            StatusCode::UNAUTHORIZED => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            // Overload and timeouts pass: a client may try again.
+            StatusCode::SERVICE_UNAVAILABLE => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
+        }
+        response.json(self.body())
     }
 }
 

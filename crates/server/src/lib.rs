@@ -5,6 +5,7 @@
 //! and back; what a request does is decided there. The routes are listed in [`routes`] and
 //! described in `GET /openapi.json`.
 
+mod access;
 mod config;
 mod error;
 mod metrics;
@@ -19,10 +20,11 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpServer};
 use cloze_index::DataDir;
 
-pub use config::{ConfigError, ServerConfig};
+pub use config::{ApiKey, ConfigError, ServerConfig};
 pub use error::ApiError;
 pub use routes::service::OPENAPI;
 
+use access::{Keys, Load};
 use metrics::Metrics;
 use registry::Registry;
 
@@ -31,11 +33,13 @@ pub struct AppState {
     config: ServerConfig,
     registry: Registry,
     metrics: Metrics,
+    keys: Keys,
+    load: Load,
 }
 
 /// Registers every route.
 fn routes(config: &mut web::ServiceConfig) {
-    use routes::{collections, documents, rank_eval, search, service};
+    use routes::{collections, documents, rank_eval, search, service, snapshots};
     config
         .route("/", web::get().to(service::page))
         .route("/health", web::get().to(service::health))
@@ -56,6 +60,9 @@ fn routes(config: &mut web::ServiceConfig) {
         )
         .route("/collections/{name}/_search", web::post().to(search::search_collection))
         .route("/collections/{name}/_rank_eval", web::post().to(rank_eval::rank_eval))
+        .route("/collections/{name}/_snapshot", web::post().to(snapshots::snapshot))
+        .route("/collections/{name}/_restore", web::post().to(snapshots::restore))
+        .route("/snapshots", web::get().to(snapshots::list))
         .default_service(web::to(service::not_found));
 }
 
@@ -81,7 +88,7 @@ async fn observe(
 /// Serves the collections of `data_dir` until a shutdown signal (SIGINT, SIGTERM), which lets
 /// in-flight requests (and the commits they make) finish first. Writes `listening on
 /// http://ADDRESS` to standard output once it accepts connections (with `bind` port 0, the
-/// port the system chose).
+/// port the system chose). With no API key configured it listens on loopback only, and says so.
 pub fn run(config: ServerConfig, data_dir: DataDir) -> std::io::Result<()> {
     actix_web::rt::System::new().block_on(serve(config, data_dir))
 }
@@ -92,14 +99,27 @@ async fn serve(config: ServerConfig, data_dir: DataDir) -> std::io::Result<()> {
         n => n,
     };
     let shutdown_timeout = config.shutdown_timeout_secs;
-    let bind = config.bind.clone();
+    match data_dir.clear_debris() {
+        Ok(0) => {}
+        Ok(removed) => tracing::info!("removed {removed} folders left by interrupted writes"),
+        Err(error) => tracing::warn!("could not clear what interrupted writes left: {error}"),
+    }
+    let keys = Keys::new(&config);
+    let bind = if keys.required() { config.bind.clone() } else { loopback_only(&config.bind)? };
     let state = web::Data::new(AppState {
         config,
         registry: Registry::new(data_dir),
         metrics: Metrics::default(),
+        keys,
+        load: Load::default(),
     });
+    let required = state.keys.required();
     let server = HttpServer::new(move || {
-        App::new().app_data(state.clone()).wrap(from_fn(observe)).configure(routes)
+        App::new()
+            .app_data(state.clone())
+            .wrap(from_fn(access::guard))
+            .wrap(from_fn(observe))
+            .configure(routes)
     })
     .workers(workers)
     .shutdown_timeout(shutdown_timeout)
@@ -111,5 +131,30 @@ async fn serve(config: ServerConfig, data_dir: DataDir) -> std::io::Result<()> {
         println!("listening on http://{address}");
         tracing::info!("listening on http://{address}");
     }
+    if required {
+        tracing::info!("API keys are required: the admin key for changes, either key to read");
+    } else {
+        let warning = "no API keys are set (CLOZE_ADMIN_KEY, CLOZE_SEARCH_KEY): anyone on this \
+                       machine may read and change every collection, so the service listens \
+                       on loopback only";
+        // On the log (standard error): standard output carries only the address, which
+        // scripts read and may stop reading after.
+        tracing::warn!("{warning}");
+    }
     server.run().await
+}
+
+/// `bind` if every address it names is a loopback one, else the same port on 127.0.0.1.
+fn loopback_only(bind: &str) -> std::io::Result<String> {
+    use std::net::ToSocketAddrs;
+    let addresses: Vec<_> = bind
+        .to_socket_addrs()
+        .map_err(|error| std::io::Error::new(error.kind(), format!("bind {bind}: {error}")))?
+        .collect();
+    if !addresses.is_empty() && addresses.iter().all(|address| address.ip().is_loopback()) {
+        return Ok(bind.to_string());
+    }
+    let port = addresses.first().map_or(0, |address| address.port());
+    tracing::warn!("no API keys are set: listening on 127.0.0.1:{port} instead of {bind}");
+    Ok(format!("127.0.0.1:{port}"))
 }

@@ -8,7 +8,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-use cloze_index::{Collection, DataDir, IndexError};
+use actix_web::http::StatusCode;
+use cloze_index::{Collection, DataDir, IndexError, SnapshotInfo};
 
 use crate::error::ApiError;
 
@@ -80,6 +81,43 @@ impl Registry {
         self.data_dir.delete(name)?;
         open.remove(name);
         Ok(())
+    }
+}
+
+impl Registry {
+    /// Snapshots a collection between two writes; searches go on meanwhile.
+    pub fn snapshot(&self, name: &str) -> Result<SnapshotInfo, ApiError> {
+        let handle = self.get(name)?;
+        let _writing = lock(&handle.writing);
+        Ok(self.data_dir.snapshot(name)?)
+    }
+
+    /// Loads the snapshot named `snapshot` as collection `name` (replacing it if `replace`),
+    /// after any write in progress; searches that started before finish on the old state.
+    pub fn restore(
+        &self,
+        name: &str,
+        snapshot: &str,
+        replace: bool,
+    ) -> Result<Collection, ApiError> {
+        let path = self.data_dir.snapshot_path(snapshot).map_err(|error| {
+            ApiError::invalid(
+                format!("snapshot: {error}").replace("collection name", "snapshot name"),
+            )
+        })?;
+        if !path.is_dir() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "snapshot_not_found",
+                format!("no snapshot named \"{snapshot}\" (GET /snapshots lists them)"),
+            ));
+        }
+        let existing = lock(&self.open).get(name).cloned();
+        let _writing = existing.as_ref().map(|handle| lock(&handle.writing));
+        let restored = self.data_dir.restore(name, &path, replace)?;
+        let handle = Arc::new(Handle::new(name, self.data_dir.open(name)?));
+        lock(&self.open).insert(name.to_string(), handle);
+        Ok(restored)
     }
 }
 

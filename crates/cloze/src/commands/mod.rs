@@ -8,5 +8,6 @@ pub mod fusion;
 pub mod index;
 pub mod search;
 pub mod serve;
+pub mod snapshot;
 pub mod train;
 pub mod tune;

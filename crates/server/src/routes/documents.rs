@@ -17,6 +17,7 @@
 
 use std::time::Instant;
 
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use cloze_corpus::{Document, FieldMapping};
 use cloze_index::{Change, IndexError, Outcome};
@@ -148,6 +149,15 @@ pub async fn bulk(
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let body = read_body(&state, &request, payload).await?;
+    let max_lines = state.config.max_bulk_lines;
+    let lines = body.split(|&b| b == b'\n').filter(|line| !line.trim_ascii().is_empty()).count();
+    if lines > max_lines {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the bulk body has {lines} lines, over the limit of {max_lines} (max_bulk_lines); split it"),
+        ));
+    }
     let changes = match parse_bulk(&body) {
         Ok(changes) => changes,
         Err(errors) => {

@@ -5,6 +5,7 @@ pub mod documents;
 pub mod rank_eval;
 pub mod search;
 pub mod service;
+pub mod snapshots;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest};

@@ -54,6 +54,13 @@ impl SearchBody {
             Some(mode) => parse_mode("mode", mode)?,
             None => Mode::Keyword,
         };
+        let max_query = state.config.max_query_bytes;
+        if query.len() > max_query {
+            return Err(ApiError::invalid(format!(
+                "q: {} bytes, over the limit of {max_query} (max_query_bytes)",
+                query.len()
+            )));
+        }
         let k = self.k.unwrap_or(default_k);
         check_page(state, k, self.offset)?;
         let mut request = SearchRequest::new(query, mode, k);
