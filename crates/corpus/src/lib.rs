@@ -5,11 +5,13 @@
 //! open the file at the right place. Nothing here knows about indexes or models: this crate is the
 //! bottom layer that every later stage reads through.
 
+mod bulk;
 mod documents;
 mod error;
 mod lines;
 mod queries;
 
+pub use bulk::{parse_bulk, BulkAction, BulkLineError};
 pub use documents::{Document, DocumentReader, FieldMapping};
 pub use error::{CorpusError, ErrorKind};
 pub use lines::TextLines;

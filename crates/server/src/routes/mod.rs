@@ -12,7 +12,7 @@ use actix_web::{web, HttpRequest};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
-use crate::AppState;
+use crate::{AppState, ServerConfig};
 
 /// Reads a whole request body, refusing one over the configured size before reading it when
 /// the client announces its length, else as soon as it passes the limit.
@@ -57,7 +57,7 @@ pub(crate) async fn read_json<T: DeserializeOwned>(
 
 /// Parses a JSON body, naming the field at fault: `k: invalid type: string "ten", expected
 /// usize at line 1 column 12`. An empty body reads as `{}`.
-fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
@@ -83,8 +83,8 @@ pub(crate) async fn blocking<T: Send + 'static>(
 }
 
 /// Checks the `k` and `offset` of a request against the server's `max_hits`.
-pub(crate) fn check_page(state: &AppState, k: usize, offset: usize) -> Result<(), ApiError> {
-    let max = state.config.max_hits;
+pub(crate) fn check_page(config: &ServerConfig, k: usize, offset: usize) -> Result<(), ApiError> {
+    let max = config.max_hits;
     if !(1..=max).contains(&k) {
         return Err(ApiError::invalid(format!("k: must be between 1 and {max} (found {k})")));
     }

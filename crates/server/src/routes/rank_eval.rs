@@ -147,7 +147,7 @@ pub async fn rank_eval(
         highlight: false,
         explain: false,
     };
-    let mut template = settings.request(&state, String::new(), 100)?;
+    let mut template = settings.request(&state.config, String::new(), 100)?;
     template.with_documents = false;
     let templates: Vec<SearchRequest> =
         modes.into_iter().map(|mode| SearchRequest { mode, ..template.clone() }).collect();

@@ -9,8 +9,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::routes::{blocking, check_page, read_json};
-use crate::AppState;
+use crate::routes::{blocking, check_page, parse_json, read_json};
+use crate::{AppState, ServerConfig};
 
 /// The most HNSW candidates a query may ask for.
 const MAX_EF_SEARCH: usize = 10_000;
@@ -46,7 +46,7 @@ impl SearchBody {
     /// The library request this body asks for, checked; `k` defaults to `default_k`.
     pub(crate) fn request(
         &self,
-        state: &AppState,
+        config: &ServerConfig,
         query: String,
         default_k: usize,
     ) -> Result<SearchRequest, ApiError> {
@@ -54,7 +54,7 @@ impl SearchBody {
             Some(mode) => parse_mode("mode", mode)?,
             None => Mode::Keyword,
         };
-        let max_query = state.config.max_query_bytes;
+        let max_query = config.max_query_bytes;
         if query.len() > max_query {
             return Err(ApiError::invalid(format!(
                 "q: {} bytes, over the limit of {max_query} (max_query_bytes)",
@@ -62,7 +62,7 @@ impl SearchBody {
             )));
         }
         let k = self.k.unwrap_or(default_k);
-        check_page(state, k, self.offset)?;
+        check_page(config, k, self.offset)?;
         let mut request = SearchRequest::new(query, mode, k);
         request.offset = self.offset;
         request.highlight = self.highlight;
@@ -94,6 +94,14 @@ impl SearchBody {
     }
 }
 
+/// Reads a `_search` body into the library's request, checked against `config`'s limits, as the
+/// service does before any search runs.
+pub fn parse_search(body: &[u8], config: &ServerConfig) -> Result<SearchRequest, ApiError> {
+    let body: SearchBody = parse_json(body)?;
+    let query = body.q.clone();
+    body.request(config, query, 10)
+}
+
 /// A mode name from the request field `field`.
 pub(crate) fn parse_mode(field: &str, name: &str) -> Result<Mode, ApiError> {
     name.parse::<Mode>().map_err(|e| ApiError::invalid(format!("{field}: {e}")))
@@ -120,7 +128,7 @@ pub async fn search_collection(
     let started = Instant::now();
     let body: SearchBody = read_json(&state, &request, payload).await?;
     let query = body.q.clone();
-    let request = body.request(&state, query, 10)?;
+    let request = body.request(&state.config, query, 10)?;
     let explain = body.explain;
     let state = state.into_inner();
     let mode = request.mode;
