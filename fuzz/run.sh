@@ -11,15 +11,17 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --version 0.13.2
 fi
 export RUSTC_BOOTSTRAP=1
+# Under the workspace's one target folder.
+target_dir="${CARGO_TARGET_DIR:-$PWD/../target}/fuzz"
 targets=(bulk search_request)
-cargo fuzz build --fuzz-dir . --target-dir ../target/fuzz
+cargo fuzz build --fuzz-dir . --target-dir "$target_dir"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 for target in "${targets[@]}"; do
-    mkdir -p "../target/fuzz/corpus/$target"
+    mkdir -p "$target_dir/corpus/$target"
     echo "fuzzing $target for ${seconds}s"
-    if ! cargo fuzz run --fuzz-dir . --target-dir ../target/fuzz "$target" \
-        "../target/fuzz/corpus/$target" "seeds/$target" \
+    if ! cargo fuzz run --fuzz-dir . --target-dir "$target_dir" "$target" \
+        "$target_dir/corpus/$target" "seeds/$target" \
         -- -max_total_time="$seconds" -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
         tail -n 60 "$log" >&2
         echo "fuzz target $target failed: the input is in fuzz/artifacts/$target/" >&2
