@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes what the service parses from the network, each target for a bounded time:
+# Fuzzes what the service parses from the network and what `cloze index` reads, each target for a bounded time:
 #   bash fuzz/run.sh [SECONDS per target, default 60]
 # cargo-fuzz (libFuzzer, AddressSanitizer) runs on the stable toolchain: RUSTC_BOOTSTRAP lets it
 # pass the sanitizer flags that are otherwise nightly-only. Inputs found go to
@@ -13,7 +13,7 @@ fi
 export RUSTC_BOOTSTRAP=1
 # Under the workspace's one target folder.
 target_dir="${CARGO_TARGET_DIR:-$PWD/../target}/fuzz"
-targets=(bulk search_request)
+targets=(bulk jsonl search_request)
 cargo fuzz build --fuzz-dir . --target-dir "$target_dir"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

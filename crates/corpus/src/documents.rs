@@ -109,6 +109,17 @@ impl DocumentReader {
         Ok(DocumentReader { lines: Lines::open(path.as_ref())?, mapping, failed: false })
     }
 
+    /// Reads JSONL from any reader (standard input, a network stream), plain or gzip; errors
+    /// name it `name`.
+    pub fn from_reader(
+        name: impl AsRef<Path>,
+        reader: impl std::io::Read + Send + 'static,
+        mapping: FieldMapping,
+    ) -> Result<Self, CorpusError> {
+        let lines = Lines::from_reader(name.as_ref(), reader)?;
+        Ok(DocumentReader { lines, mapping, failed: false })
+    }
+
     pub fn path(&self) -> &Path {
         self.lines.path()
     }
@@ -195,8 +206,21 @@ mod tests {
     fn reads_gzip_by_content() {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         encoder.write_all(b"{\"_id\": \"z\", \"title\": \"t\", \"text\": \"gz\"}\n").unwrap();
-        let docs = read_all(&encoder.finish().unwrap(), FieldMapping::default()).unwrap();
+        let compressed = encoder.finish().unwrap();
+        let docs = read_all(&compressed, FieldMapping::default()).unwrap();
         assert_eq!(docs[0].text, "gz");
+        // The same from a reader, named as the caller says.
+        let reader = DocumentReader::from_reader(
+            "<stdin>",
+            std::io::Cursor::new(compressed),
+            FieldMapping::default(),
+        )
+        .unwrap();
+        assert_eq!(reader.collect::<Result<Vec<_>, _>>().unwrap(), docs);
+        let bad = std::io::Cursor::new(b"{\"_id\": \"1\"}\n".to_vec());
+        let reader = DocumentReader::from_reader("<stdin>", bad, FieldMapping::default()).unwrap();
+        let error = reader.collect::<Result<Vec<_>, _>>().unwrap_err().to_string();
+        assert!(error.starts_with("<stdin>:1"), "{error}");
     }
 
     /// "line: message" of the error that reading `content` ends with.

@@ -1,7 +1,7 @@
 //! Line-by-line reading of plain or gzip files, with line numbers and UTF-8 checked per line.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
@@ -21,15 +21,26 @@ pub(crate) struct Lines {
 impl Lines {
     /// Opens `path`, decompressing it when it starts with the gzip magic bytes.
     pub(crate) fn open(path: &Path) -> Result<Lines, CorpusError> {
-        let io_error = |e| CorpusError::new(path, None, ErrorKind::Io(e));
-        let mut file = BufReader::new(File::open(path).map_err(io_error)?);
-        let is_gzip = file.fill_buf().map_err(io_error)?.starts_with(&GZIP_MAGIC);
+        let file = File::open(path).map_err(|e| CorpusError::new(path, None, ErrorKind::Io(e)))?;
+        Lines::from_reader(path, file)
+    }
+
+    /// Reads from `reader` (decompressing gzip the same way), named `name` in errors.
+    pub(crate) fn from_reader(
+        name: &Path,
+        reader: impl Read + Send + 'static,
+    ) -> Result<Lines, CorpusError> {
+        let mut reader = BufReader::new(reader);
+        let is_gzip = reader
+            .fill_buf()
+            .map_err(|e| CorpusError::new(name, None, ErrorKind::Io(e)))?
+            .starts_with(&GZIP_MAGIC);
         let reader: Box<dyn BufRead + Send> = if is_gzip {
-            Box::new(BufReader::new(MultiGzDecoder::new(file)))
+            Box::new(BufReader::new(MultiGzDecoder::new(reader)))
         } else {
-            Box::new(file)
+            Box::new(reader)
         };
-        Ok(Lines { path: path.to_path_buf(), reader, line_number: 0, buffer: Vec::new() })
+        Ok(Lines { path: name.to_path_buf(), reader, line_number: 0, buffer: Vec::new() })
     }
 
     pub(crate) fn path(&self) -> &Path {
