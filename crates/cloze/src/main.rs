@@ -58,6 +58,10 @@ enum Command {
 fn main() -> ExitCode {
     cloze_mlm::allocator::reuse_freed_memory();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        // A long-running service: memory that stays flat under load (see the function).
+        cloze_mlm::allocator::one_arena_per_core();
+    }
     let default_level = match cli.verbose {
         // A server's log is how its operator follows it.
         0 if matches!(cli.command, Command::Serve(_)) => "info,hnsw_rs=warn",

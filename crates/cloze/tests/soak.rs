@@ -130,6 +130,8 @@ fn mixed_search_and_ingest_for_a_while_fails_nothing_and_keeps_memory_flat() {
         "heap_mib_second_quarter": settled,
         "heap_mib_last_quarter": end,
         "heap_mib_max": heap.iter().copied().fold(0.0, f64::max),
+        // Every tenth sample (5 s apart), to see the shape of the curve.
+        "heap_mib_every_5s": heap.iter().step_by(10).map(|mib| mib.round()).collect::<Vec<_>>(),
         "errors": 0,
     });
     eprintln!("soak: {figures}");
