@@ -17,20 +17,3 @@ pub fn reuse_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
-
-/// Caps glibc's malloc arenas at one per core. By default a process gets up to eight per core,
-/// one per thread that contends; since freed memory is kept ([`reuse_freed_memory`]), each
-/// arena stays at the largest its threads ever needed. A server whose many short-lived worker
-/// threads search and write at once then grows towards arenas x peak: the soak test measured
-/// 300 -> 373 MiB in four minutes with the default, and a flat 88 MiB with two arenas, at 10%
-/// fewer searches a second. Call it once, early, before threads start.
-pub fn one_arena_per_core() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        // SAFETY: as above.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, i32::try_from(cores).unwrap_or(i32::MAX));
-        }
-    }
-}
