@@ -110,11 +110,8 @@ impl DataDir {
             })?;
         }
         let building = self.hidden(name, "creating");
-        let io_error = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| IndexError::Io { path, source }
-        };
-        std::fs::create_dir_all(building.join(TANTIVY_DIR)).map_err(io_error(&building))?;
+        std::fs::create_dir_all(building.join(TANTIVY_DIR))
+            .map_err(crate::files::io_error(&building))?;
         let built = Index::create_in_dir(building.join(TANTIVY_DIR), schema())
             .map_err(|source| IndexError::Tantivy { path: building.clone(), source })
             .and_then(|_| Manifest::new(analyzer, semantic).save(&building));

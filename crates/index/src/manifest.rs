@@ -1,6 +1,5 @@
 //! The manifest: what a collection is, in one small JSON file beside its indexes.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -127,17 +126,13 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Replaces the manifest atomically: a reader sees the old one or the new one, never a part.
+    /// Replaces the manifest atomically: a reader sees the old one or the new one, never a part,
+    /// and after a crash the one last saved.
     pub(crate) fn save(&self, collection_dir: &Path) -> Result<(), IndexError> {
-        let path = Self::path(collection_dir);
         let temporary = collection_dir.join(format!(".{MANIFEST_FILE}.tmp"));
-        let io_error = |source| IndexError::Io { path: path.clone(), source };
         let mut json = serde_json::to_vec_pretty(self).expect("a manifest always serializes");
         json.push(b'\n');
-        let mut file = std::fs::File::create(&temporary).map_err(io_error)?;
-        file.write_all(&json).map_err(io_error)?;
-        file.sync_all().map_err(io_error)?;
-        std::fs::rename(&temporary, &path).map_err(io_error)?;
-        Ok(())
+        crate::files::write_synced(&temporary, &json)?;
+        crate::files::rename_synced(&temporary, &Self::path(collection_dir))
     }
 }

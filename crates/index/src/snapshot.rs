@@ -224,7 +224,11 @@ fn wait_for_writer(collection: &Collection) -> Result<tantivy::IndexWriter, Inde
 
 /// Now, as `YYYY-MM-DDTHH:MM:SSZ` and as the compact `YYYYMMDDTHHMMSSZ` for names.
 fn utc_now() -> (String, String) {
-    let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    utc(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
+/// Seconds since 1970 in UTC, in both forms of [`utc_now`].
+fn utc(seconds: u64) -> (String, String) {
     let (days, rest) = ((seconds / 86_400) as i64, seconds % 86_400);
     let (hour, minute, second) = (rest / 3600, rest % 3600 / 60, rest % 60);
     // Howard Hinnant's days-to-civil.
@@ -296,9 +300,10 @@ mod tests {
 
     #[test]
     fn dates_come_out_in_utc_calendar_form() {
-        let (long, short) = utc_now();
-        assert_eq!(long.len(), 20);
-        assert_eq!(short.len(), 16);
-        assert!(long.starts_with("20") && long.ends_with('Z'));
+        // Checked against Python's datetime.fromtimestamp(s, UTC).
+        assert_eq!(utc(0).0, "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400).0, "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_795_000_000), ("2026-11-18T11:06:40Z".into(), "20261118T110640Z".into()));
+        assert_eq!(utc(4_107_542_399).0, "2100-02-28T23:59:59Z");
     }
 }

@@ -112,11 +112,6 @@ impl ServerConfig {
         Ok(config)
     }
 
-    /// Whether requests must carry a key.
-    pub fn requires_keys(&self) -> bool {
-        self.admin_key.is_some()
-    }
-
     /// Checks settings that parse but cannot work.
     pub fn validate(&self) -> Result<(), String> {
         if self.max_body_bytes == 0 {

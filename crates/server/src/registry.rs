@@ -82,9 +82,7 @@ impl Registry {
         open.remove(name);
         Ok(())
     }
-}
 
-impl Registry {
     /// Snapshots a collection between two writes; searches go on meanwhile.
     pub fn snapshot(&self, name: &str) -> Result<SnapshotInfo, ApiError> {
         let handle = self.get(name)?;
@@ -99,7 +97,7 @@ impl Registry {
         name: &str,
         snapshot: &str,
         replace: bool,
-    ) -> Result<Collection, ApiError> {
+    ) -> Result<Arc<Collection>, ApiError> {
         let path = self.data_dir.snapshot_path(snapshot).map_err(|error| {
             ApiError::invalid(
                 format!("snapshot: {error}").replace("collection name", "snapshot name"),
@@ -114,8 +112,8 @@ impl Registry {
         }
         let existing = lock(&self.open).get(name).cloned();
         let _writing = existing.as_ref().map(|handle| lock(&handle.writing));
-        let restored = self.data_dir.restore(name, &path, replace)?;
-        let handle = Arc::new(Handle::new(name, self.data_dir.open(name)?));
+        let handle = Arc::new(Handle::new(name, self.data_dir.restore(name, &path, replace)?));
+        let restored = handle.snapshot();
         lock(&self.open).insert(name.to_string(), handle);
         Ok(restored)
     }

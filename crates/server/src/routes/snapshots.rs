@@ -51,7 +51,7 @@ pub async fn restore(
     let started = Instant::now();
     let body: RestoreBody = read_json(&state, &request, payload).await?;
     let state = state.into_inner();
-    let restored = blocking(move || {
+    let mut restored = blocking(move || {
         let collection = state.registry.restore(&name, &body.snapshot, body.replace)?;
         Ok(json!({
             "collection": collection.name(),
@@ -60,7 +60,6 @@ pub async fn restore(
         }))
     })
     .await?;
-    let mut restored = restored;
     restored["took_ms"] = json!(started.elapsed().as_secs_f64() * 1e3);
     Ok(HttpResponse::Ok().json(restored))
 }
