@@ -7,7 +7,9 @@ use cloze_corpus::Document;
 use cloze_index::{
     AnalyzerSettings, Collection, DataDir, Encoder, HnswSettings, IndexError, SemanticSettings,
 };
-use cloze_search::{search, Mode, SearchRequest};
+use cloze_search::{
+    candidates, search, Feedback, Fusion, FusionMethod, Mode, Normalization, SearchRequest,
+};
 use cloze_tests::small_model;
 
 const WORDS: &[&str] = &[
@@ -264,4 +266,55 @@ fn opening_while_another_writer_commits_sees_one_consistent_state() {
     }
     reader.join().unwrap();
     assert_consistent(&fixture.data.open("docs").unwrap());
+}
+
+#[test]
+fn feedback_moves_the_query_toward_the_best_keyword_hits_and_scores_every_keyword_candidate() {
+    let fixture = Fixture::new(64);
+    let mut collection = fixture.create("docs", None);
+    ingest_texts(&mut collection);
+    let depth = 5;
+    let request = SearchRequest::new("vitamin pressure", Mode::Hybrid, depth);
+    let found = candidates(&collection, &request, depth).unwrap();
+    assert!(found.keyword.len() >= 2, "{:?}", found.keyword);
+    let best_keyword = found.keyword[0].0.as_str();
+
+    // The moved query, as feedback defines it: query + weight x mean of the best hits' vectors.
+    let encoder = collection.encoder().unwrap();
+    let query = encoder.encode(&["vitamin pressure"]).unwrap().remove(0);
+    let mean = collection.mean_vector(&[best_keyword]).unwrap().unwrap();
+    let weight = 4.0;
+    let mut moved: Vec<f32> = query.iter().zip(&mean).map(|(q, m)| q + weight * m).collect();
+    let norm = moved.iter().map(|x| x * x).sum::<f32>().sqrt();
+    moved.iter_mut().for_each(|x| *x /= norm);
+
+    let feedback = Feedback { docs: 1, weight: f64::from(weight) };
+    let ranking = found.with_feedback(&collection, feedback, depth).unwrap();
+    // Every keyword candidate has a semantic score, the graph's best among them.
+    for (id, _) in &found.keyword {
+        assert!(ranking.iter().any(|(r, _)| r == id), "{id} missing from {ranking:?}");
+    }
+    assert!(ranking.len() >= depth && ranking.len() <= 2 * depth);
+    assert!(ranking.windows(2).all(|w| w[0].1 >= w[1].1), "best first: {ranking:?}");
+    // Each score is the exact cosine of the moved query, which favours the best keyword hit.
+    let ids: Vec<&str> = ranking.iter().map(|(id, _)| id.as_str()).collect();
+    let exact = collection.similarities(&moved, &ids).unwrap();
+    for ((id, score), expected) in ranking.iter().zip(exact) {
+        assert!((score - expected.unwrap()).abs() < 1e-5, "{id}: {score} vs {expected:?}");
+    }
+    assert_eq!(ranking[0].0, best_keyword);
+    let plain: Vec<&str> = found.semantic.iter().map(|(id, _)| id.as_str()).collect();
+    assert_ne!(plain, ids[..plain.len()], "feedback moved nothing");
+
+    // Through a hybrid search: every keyword candidate's explanation has its semantic score.
+    let mut hybrid = SearchRequest::new("vitamin pressure", Mode::Hybrid, 2 * depth);
+    let method = FusionMethod::Convex { alpha: 0.5, normalization: Normalization::ZScore };
+    hybrid.fusion = Some(Fusion { method, depth, feedback: Some(feedback) });
+    let hits = search(&collection, &hybrid).unwrap().hits;
+    for hit in &hits {
+        let explanation = hit.explanation.as_ref().unwrap();
+        assert!(explanation.semantic.is_some(), "{}: {explanation:?}", hit.id);
+    }
+    let keyword_hits = hits.iter().filter(|h| h.explanation.as_ref().unwrap().keyword.is_some());
+    assert_eq!(keyword_hits.count(), found.keyword.len());
 }

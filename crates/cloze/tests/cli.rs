@@ -503,9 +503,29 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
         "x",
     ]);
     assert!(error.contains("--alpha: is for the convex method, not rrf"), "{error}");
-    let tuned = judged("tune", &["--depths", "3", "--alphas", "0,1", "--rrf-ks", "60"]);
-    // 1 rrf + 2 alphas x 3 normalisations, and both sides find d3 first.
-    assert_eq!(tuned["settings"].as_array().unwrap().len(), 7, "{tuned}");
+    let error = ws.fails(&[
+        "search",
+        "--collection",
+        "energy",
+        "--mode",
+        "hybrid",
+        "--feedback-docs",
+        "0",
+        "x",
+    ]);
+    assert!(error.contains("--feedback-docs: must be at least 1"), "{error}");
+    let tuned = judged(
+        "tune",
+        &["--depths", "3", "--alphas", "0,1", "--rrf-ks", "60", "--feedback-docs", "0,2"],
+    );
+    // (1 rrf + 2 alphas x 3 normalisations) x (no feedback + 3 weights of 2 documents), and
+    // both sides find d3 first.
+    assert_eq!(tuned["settings"].as_array().unwrap().len(), 28, "{tuned}");
+    let with_feedback =
+        tuned["settings"].as_array().unwrap().iter().filter(|s| {
+            s["fusion"].as_str().unwrap().ends_with("feedback_docs=2 feedback_weight=0.5")
+        });
+    assert_eq!(with_feedback.count(), 7, "{tuned}");
     assert_eq!((tuned["keyword"].as_f64(), tuned["semantic"].as_f64()), (Some(1.0), Some(1.0)));
     let report = judged("eval", &["--mode", "hybrid"]);
     assert_eq!(

@@ -702,6 +702,24 @@ impl Collection {
         Ok(self.checked_vectors(query)?.exact_nearest(query, limit))
     }
 
+    /// The cosine similarity of `query` to each document of `ids` by its best vector, as
+    /// [`Self::nearest`] scores it; None for a document without vectors.
+    pub fn similarities(
+        &self,
+        query: &[f32],
+        ids: &[&str],
+    ) -> Result<Vec<Option<f32>>, IndexError> {
+        Ok(self.checked_vectors(query)?.similarities(query, ids))
+    }
+
+    /// The mean vector of the documents of `ids` that have vectors (None if none has): where
+    /// pseudo-relevance feedback moves a query.
+    pub fn mean_vector(&self, ids: &[&str]) -> Result<Option<Vec<f32>>, IndexError> {
+        let vectors =
+            self.vectors.as_ref().ok_or_else(|| IndexError::NoModel(self.name.clone()))?;
+        Ok(vectors.mean_vector(ids))
+    }
+
     fn checked_vectors(&self, query: &[f32]) -> Result<&VectorIndex, IndexError> {
         let vectors =
             self.vectors.as_ref().ok_or_else(|| IndexError::NoModel(self.name.clone()))?;

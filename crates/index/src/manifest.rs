@@ -32,7 +32,8 @@ pub struct Manifest {
 }
 
 /// A hybrid fusion setting as stored: `method` "rrf" (with `k`) or "convex" (with `alpha` and
-/// `normalization`), and candidates per side.
+/// `normalization`), candidates per side, and pseudo-relevance feedback (`feedback_docs`
+/// keyword hits, at `feedback_weight`), if any.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FusionSettings {
@@ -44,6 +45,10 @@ pub struct FusionSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalization: Option<String>,
     pub depth: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback_docs: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback_weight: Option<f64>,
 }
 
 /// How a collection's documents become vectors and how the vectors are searched.

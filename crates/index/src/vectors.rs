@@ -293,6 +293,39 @@ impl VectorIndex {
         }
     }
 
+    /// The cosine similarity of `query` to the best vector of each document of `ids`, None for
+    /// a document without vectors: what [`Self::nearest`] would score it, for documents it did
+    /// not return.
+    pub fn similarities(&self, query: &[f32], ids: &[&str]) -> Vec<Option<f32>> {
+        ids.iter()
+            .map(|id| {
+                let slots = self.slots_of.get(*id)?;
+                slots.iter().map(|&slot| dot(query, self.vector(slot))).reduce(f32::max)
+            })
+            .collect()
+    }
+
+    /// The mean of the vectors of the documents of `ids` that have any, each document
+    /// weighing the same (its windows averaged first); None if none has vectors.
+    pub fn mean_vector(&self, ids: &[&str]) -> Option<Vec<f32>> {
+        let mut sum = vec![0.0f32; self.dimension];
+        let mut documents = 0usize;
+        for slots in ids.iter().filter_map(|id| self.slots_of.get(*id)) {
+            let share = 1.0 / slots.len() as f32;
+            for &slot in slots {
+                for (total, x) in sum.iter_mut().zip(self.vector(slot)) {
+                    *total += share * x;
+                }
+            }
+            documents += 1;
+        }
+        if documents == 0 {
+            return None;
+        }
+        sum.iter_mut().for_each(|x| *x /= documents as f32);
+        Some(sum)
+    }
+
     /// What [`Self::nearest`] approximates: every live vector compared with the query.
     pub fn exact_nearest(&self, query: &[f32], limit: usize) -> Vec<Neighbour> {
         self.exact_among(query, (0..self.owners.len()).filter(|&slot| !self.dead[slot]), limit)
@@ -614,6 +647,36 @@ mod tests {
         }
         index.remove("long");
         assert_eq!(index.live_slots(), 1);
+    }
+
+    #[test]
+    fn similarities_and_means_read_each_documents_own_vectors() {
+        let vectors = unit_vectors(4, 8);
+        let mut index = VectorIndex::empty(DIMENSION, HnswSettings::default());
+        index.insert(vec![
+            ("long".to_string(), vec![vectors[0].clone(), vectors[1].clone()]),
+            ("short".to_string(), vec![vectors[2].clone()]),
+        ]);
+        let query = &vectors[3];
+        let similarities = index.similarities(query, &["short", "long", "gone"]);
+        let expected_long = dot(query, &vectors[0]).max(dot(query, &vectors[1]));
+        assert_eq!(similarities, [Some(dot(query, &vectors[2])), Some(expected_long), None]);
+        // Exactly what a search that returns everything scores.
+        for found in index.exact_nearest(query, 2) {
+            let expected =
+                if found.id == "long" { expected_long } else { similarities[0].unwrap() };
+            assert_eq!(found.similarity, expected);
+        }
+
+        // Each document counts once: the long one's windows are averaged first.
+        let mean = index.mean_vector(&["long", "short", "gone"]).unwrap();
+        for (i, x) in mean.iter().enumerate() {
+            let long = (vectors[0][i] + vectors[1][i]) / 2.0;
+            assert!((x - (long + vectors[2][i]) / 2.0).abs() < 1e-6);
+        }
+        assert_eq!(index.mean_vector(&["gone"]), None);
+        index.remove("short");
+        assert_eq!(index.similarities(query, &["short"]), [None]);
     }
 
     #[test]

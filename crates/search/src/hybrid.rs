@@ -3,8 +3,15 @@
 //! Each side retrieves its best `depth` documents; [`fuse`] combines the two lists by
 //! reciprocal rank fusion or by a convex combination of normalised scores (Bruch, Gai and
 //! Ingber, "An Analysis of Fusion Functions for Hybrid Retrieval", 2023).
+//!
+//! With [`Feedback`], the semantic side searches for the query's vector moved toward the mean
+//! vector of the best keyword hits (Rocchio's pseudo-relevance feedback, in the vector space),
+//! and scores every keyword candidate too, not only the ones its graph search returns: a
+//! weak encoder's vector of a short query says little, the vectors of the documents BM25
+//! ranks first say what the query is about, and the keyword side's candidates are where
+//! fusion decides.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Instant;
@@ -59,12 +66,29 @@ pub enum FusionMethod {
     Convex { alpha: f64, normalization: Normalization },
 }
 
+/// Pseudo-relevance feedback for the semantic side of a hybrid search (see the module's
+/// documentation).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Feedback {
+    /// How many of the best keyword hits the query's vector moves toward (at least 1).
+    pub docs: usize,
+    /// The weight of their mean vector added to the query's (0 or more) before it is
+    /// normalised again.
+    pub weight: f64,
+}
+
+impl Feedback {
+    pub const DEFAULT_WEIGHT: f64 = 1.0;
+}
+
 /// Fusion settings of a hybrid search.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Fusion {
     pub method: FusionMethod,
     /// Candidates each side retrieves.
     pub depth: usize,
+    /// Pseudo-relevance feedback for the semantic side, if any.
+    pub feedback: Option<Feedback>,
 }
 
 impl Default for Fusion {
@@ -77,7 +101,7 @@ impl Default for Fusion {
             alpha: Fusion::DEFAULT_ALPHA,
             normalization: Fusion::DEFAULT_NORMALIZATION,
         };
-        Fusion { method, depth: Fusion::DEFAULT_DEPTH }
+        Fusion { method, depth: Fusion::DEFAULT_DEPTH, feedback: None }
     }
 }
 
@@ -111,7 +135,15 @@ impl Fusion {
                 ("convex", None, Some(alpha), Some(normalization.name().to_string()))
             }
         };
-        FusionSettings { method: method.to_string(), k, alpha, normalization, depth: self.depth }
+        FusionSettings {
+            method: method.to_string(),
+            k,
+            alpha,
+            normalization,
+            depth: self.depth,
+            feedback_docs: self.feedback.map(|f| f.docs),
+            feedback_weight: self.feedback.map(|f| f.weight),
+        }
     }
 
     pub fn from_settings(settings: &FusionSettings) -> Result<Fusion, String> {
@@ -130,7 +162,33 @@ impl Fusion {
         if settings.depth == 0 {
             return Err("depth must be at least 1".to_string());
         }
-        Ok(Fusion { method, depth: settings.depth })
+        let feedback = match (settings.feedback_docs, settings.feedback_weight) {
+            (None, None) => None,
+            (Some(docs), weight) => Some(
+                Feedback::checked(docs, weight)
+                    .map_err(|(param, message)| format!("{param} {message}"))?,
+            ),
+            (None, Some(_)) => return Err("feedback_weight needs feedback_docs".to_string()),
+        };
+        Ok(Fusion { method, depth: settings.depth, feedback })
+    }
+}
+
+impl Feedback {
+    /// Feedback from `docs` hits at `weight` (default [`Feedback::DEFAULT_WEIGHT`]), or the
+    /// parameter that is out of range and why.
+    fn checked(docs: usize, weight: Option<f64>) -> Result<Feedback, (&'static str, String)> {
+        if docs == 0 {
+            return Err(("feedback_docs", "must be at least 1".to_string()));
+        }
+        let weight = weight.unwrap_or(Feedback::DEFAULT_WEIGHT);
+        if !(weight >= 0.0 && weight.is_finite()) {
+            return Err((
+                "feedback_weight",
+                format!("must be a number of 0 or more (found {weight})"),
+            ));
+        }
+        Ok(Feedback { docs, weight })
     }
 }
 
@@ -149,6 +207,10 @@ pub struct FusionParams {
     pub k: Option<f64>,
     /// Candidates per side.
     pub depth: Option<usize>,
+    /// Pseudo-relevance feedback: the best keyword hits the semantic query moves toward.
+    pub feedback_docs: Option<usize>,
+    /// Pseudo-relevance feedback: the weight of their mean vector.
+    pub feedback_weight: Option<f64>,
 }
 
 /// A fusion parameter that cannot be used: which one, and why.
@@ -207,20 +269,36 @@ impl FusionParams {
         if depth == 0 {
             return Err(error("depth", "must be at least 1".to_string()));
         }
-        Ok(Some(Fusion { method, depth }))
+        let feedback = match (self.feedback_docs, self.feedback_weight) {
+            (None, None) => None,
+            (Some(docs), weight) => Some(
+                Feedback::checked(docs, weight)
+                    .map_err(|(param, message)| error(param, message))?,
+            ),
+            (None, Some(_)) => {
+                return Err(error("feedback_weight", "needs feedback_docs".to_string()));
+            }
+        };
+        Ok(Some(Fusion { method, depth, feedback }))
     }
 }
 
 impl fmt::Display for Fusion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.method {
-            FusionMethod::Rrf { k } => write!(f, "rrf k={k} depth={}", self.depth),
+            FusionMethod::Rrf { k } => write!(f, "rrf k={k} depth={}", self.depth)?,
             FusionMethod::Convex { alpha, normalization } => write!(
                 f,
                 "convex alpha={alpha} normalization={} depth={}",
                 normalization.name(),
                 self.depth
-            ),
+            )?,
+        }
+        match self.feedback {
+            Some(Feedback { docs, weight }) => {
+                write!(f, " feedback_docs={docs} feedback_weight={weight}")
+            }
+            None => Ok(()),
         }
     }
 }
@@ -251,10 +329,15 @@ pub struct Fused {
 }
 
 /// Fuses two rankings (best first) into one, best first; equal fused scores keep the order in
-/// which documents were first met, keyword side first.
+/// which documents were first met, keyword side first. Each side is cut to `fusion.depth`,
+/// except a semantic side with feedback, which [`Candidates::with_feedback`] has already cut
+/// and extended by the keyword candidates.
 pub fn fuse(keyword: &[(String, f32)], semantic: &[(String, f32)], fusion: &Fusion) -> Vec<Fused> {
     let keyword = &keyword[..keyword.len().min(fusion.depth)];
-    let semantic = &semantic[..semantic.len().min(fusion.depth)];
+    let semantic = match fusion.feedback {
+        Some(_) => semantic,
+        None => &semantic[..semantic.len().min(fusion.depth)],
+    };
     let mut fused: Vec<Fused> = Vec::new();
     let mut position: HashMap<&str, usize> = HashMap::new();
     for (side, ranking) in [keyword, semantic].into_iter().enumerate() {
@@ -360,6 +443,12 @@ pub struct Candidates {
     pub semantic: Ranking,
     /// The time each side took (encode, keyword, vector).
     pub timings: Timings,
+    /// The query's vector (None for a query with no text), kept so feedback can move it
+    /// without embedding the query again.
+    query: Option<Vec<f32>>,
+    /// The documents the request's filter lets through; None without a filter.
+    allowed: Option<HashSet<String>>,
+    ef_search: Option<usize>,
 }
 
 /// Both sides' rankings for a query, `depth` deep.
@@ -368,24 +457,83 @@ pub fn candidates(
     request: &SearchRequest,
     depth: usize,
 ) -> Result<Candidates, SearchError> {
-    let side = |mode_search: fn(&Collection, &SearchRequest) -> Result<Results, SearchError>| {
-        let mut side_request = request.clone();
-        (side_request.limit, side_request.offset, side_request.with_documents) = (depth, 0, false);
-        mode_search(collection, &side_request).map(|found| {
-            let ranking =
-                found.hits.into_iter().map(|hit| (hit.id, hit.score)).collect::<Ranking>();
-            (ranking, found.timings)
-        })
-    };
-    let (keyword, keyword_timings) = side(keyword::search)?;
-    let (semantic, semantic_timings) = side(semantic::search)?;
-    let timings = Timings {
-        keyword: keyword_timings.keyword,
-        encode: semantic_timings.encode,
-        vector: semantic_timings.vector,
-        ..Timings::default()
-    };
-    Ok(Candidates { keyword, semantic, timings })
+    let mut side_request = request.clone();
+    (side_request.limit, side_request.offset, side_request.with_documents) = (depth, 0, false);
+    let found = keyword::search(collection, &side_request)?;
+    let keyword: Ranking = found.hits.into_iter().map(|hit| (hit.id, hit.score)).collect();
+    let mut timings = Timings { keyword: found.timings.keyword, ..Timings::default() };
+    let ef_search = request.ef_search;
+    if request.query.trim().is_empty() {
+        let (semantic, query, allowed) = (Vec::new(), None, None);
+        return Ok(Candidates { keyword, semantic, timings, query, allowed, ef_search });
+    }
+    let started = Instant::now();
+    let query = collection.encoder()?.encode(&[&request.query])?.remove(0);
+    timings.encode = started.elapsed();
+    let started = Instant::now();
+    let allowed = semantic::allowed_documents(collection, request)?;
+    let semantic = nearest(collection, &query, depth, ef_search, allowed.as_ref())?;
+    timings.vector = started.elapsed();
+    Ok(Candidates { keyword, semantic, timings, query: Some(query), allowed, ef_search })
+}
+
+fn nearest(
+    collection: &Collection,
+    query: &[f32],
+    depth: usize,
+    ef_search: Option<usize>,
+    allowed: Option<&HashSet<String>>,
+) -> Result<Ranking, SearchError> {
+    let neighbours = collection.nearest(query, depth, ef_search, allowed)?;
+    Ok(neighbours.into_iter().map(|n| (n.id, n.similarity)).collect())
+}
+
+impl Candidates {
+    /// The semantic side with `feedback`, `depth` deep: the query's vector moved toward the
+    /// mean vector of the best `feedback.docs` keyword candidates, then its `depth` nearest
+    /// documents and every keyword candidate within `depth` that they miss, all scored against
+    /// the moved vector, best first. Where no feedback document has a vector, the semantic
+    /// side as retrieved.
+    pub fn with_feedback(
+        &self,
+        collection: &Collection,
+        feedback: Feedback,
+        depth: usize,
+    ) -> Result<Ranking, SearchError> {
+        let Some(query) = &self.query else {
+            return Ok(Vec::new());
+        };
+        let keyword = &self.keyword[..self.keyword.len().min(depth)];
+        let best: Vec<&str> =
+            keyword.iter().take(feedback.docs).map(|(id, _)| id.as_str()).collect();
+        let Some(mean) = collection.mean_vector(&best)? else {
+            return Ok(self.semantic[..self.semantic.len().min(depth)].to_vec());
+        };
+        let weight = feedback.weight as f32;
+        let mut moved: Vec<f32> = query.iter().zip(&mean).map(|(q, m)| q + weight * m).collect();
+        let norm = moved.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm == 0.0 {
+            // The mean cancelled the query exactly: no direction to search in but the query's.
+            moved.clone_from(query);
+        } else {
+            moved.iter_mut().for_each(|x| *x /= norm);
+        }
+        let mut ranking =
+            nearest(collection, &moved, depth, self.ef_search, self.allowed.as_ref())?;
+        let found: HashSet<&str> = ranking.iter().map(|(id, _)| id.as_str()).collect();
+        let missed: Vec<&str> =
+            keyword.iter().map(|(id, _)| id.as_str()).filter(|id| !found.contains(id)).collect();
+        let scores = collection.similarities(&moved, &missed)?;
+        let scored: Vec<(String, f32)> = missed
+            .into_iter()
+            .zip(scores)
+            .filter_map(|(id, score)| Some((id.to_string(), score?)))
+            .collect();
+        ranking.extend(scored);
+        // A stable sort: ties keep the graph's order, then the keyword side's.
+        ranking.sort_by(|a, b| b.1.total_cmp(&a.1));
+        Ok(ranking)
+    }
 }
 
 pub(crate) fn search(
@@ -398,8 +546,17 @@ pub(crate) fn search(
     };
     let found = candidates(collection, request, fusion.depth)?;
     let mut timings = found.timings;
+    let semantic = match fusion.feedback {
+        Some(feedback) => {
+            let started = Instant::now();
+            let ranking = found.with_feedback(collection, feedback, fusion.depth)?;
+            timings.vector += started.elapsed();
+            ranking
+        }
+        None => found.semantic,
+    };
     let started = Instant::now();
-    let fused = fuse(&found.keyword, &found.semantic, &fusion);
+    let fused = fuse(&found.keyword, &semantic, &fusion);
     let total = fused.len();
     let mut hits: Vec<Hit> = fused
         .into_iter()
@@ -436,7 +593,7 @@ mod tests {
     fn reciprocal_rank_fusion_sums_one_over_k_plus_rank() {
         let keyword = ranking(&[("a", 9.0), ("b", 5.0), ("c", 1.0)]);
         let semantic = ranking(&[("c", 0.9), ("b", 0.8), ("d", 0.1)]);
-        let fusion = Fusion { method: FusionMethod::Rrf { k: 60.0 }, depth: 100 };
+        let fusion = Fusion { method: FusionMethod::Rrf { k: 60.0 }, depth: 100, feedback: None };
         let fused = fuse(&keyword, &semantic, &fusion);
         // c: 1/63 + 1/61 = 0.032266; b: 1/62 + 1/62 = 0.032258; a: 1/61; d: 1/63.
         assert_eq!(ids(&fused), ["c", "b", "a", "d"]);
@@ -454,6 +611,7 @@ mod tests {
         let convex = |alpha, normalization| Fusion {
             method: FusionMethod::Convex { alpha, normalization },
             depth: 100,
+            feedback: None,
         };
         // alpha 0 and 1 reproduce each side.
         assert_eq!(
@@ -481,11 +639,53 @@ mod tests {
         let fusion = Fusion {
             method: FusionMethod::Convex { alpha: 0.5, normalization: Normalization::MinMax },
             depth: 2,
+            feedback: None,
         };
         let fused = fuse(&keyword, &semantic, &fusion);
         assert_eq!(ids(&fused), ["a", "c", "b"], "z is below the depth");
         // c: keyword missing -> 0; semantic 1. a: keyword 1, semantic 0.
         assert!((fused[1].explanation.fused - 0.5).abs() < 1e-6);
         assert!(fuse(&[], &[], &fusion).is_empty());
+    }
+
+    #[test]
+    fn feedback_parameters_are_checked_kept_and_shown() {
+        let params = |docs, weight| FusionParams {
+            feedback_docs: docs,
+            feedback_weight: weight,
+            ..FusionParams::default()
+        };
+        let fusion = params(Some(3), None).fusion().unwrap().unwrap();
+        assert_eq!(fusion.feedback, Some(Feedback { docs: 3, weight: Feedback::DEFAULT_WEIGHT }));
+        assert_eq!(fusion.method, Fusion::default().method);
+        assert!(fusion.to_string().ends_with(" feedback_docs=3 feedback_weight=1"), "{fusion}");
+        assert_eq!(Fusion::from_settings(&fusion.to_settings()), Ok(fusion));
+        // Without feedback the stored form has no feedback fields, as before they existed.
+        let plain = serde_json::to_value(Fusion::default().to_settings()).unwrap();
+        assert_eq!(plain.get("feedback_docs"), None);
+
+        for (docs, weight, param) in [
+            (Some(0), None, "feedback_docs"),
+            (Some(2), Some(-1.0), "feedback_weight"),
+            (Some(2), Some(f64::NAN), "feedback_weight"),
+            (None, Some(1.0), "feedback_weight"),
+        ] {
+            assert_eq!(params(docs, weight).fusion().unwrap_err().param, param);
+        }
+        let mut settings = fusion.to_settings();
+        settings.feedback_docs = None;
+        assert!(Fusion::from_settings(&settings).unwrap_err().contains("feedback_docs"));
+    }
+
+    #[test]
+    fn with_feedback_the_semantic_side_is_not_cut_to_the_depth() {
+        // It holds the graph's `depth` best and the keyword candidates the graph missed.
+        let keyword = ranking(&[("a", 4.0), ("b", 2.0)]);
+        let semantic = ranking(&[("c", 0.8), ("a", 0.4), ("b", 0.2)]);
+        let feedback = Some(Feedback { docs: 1, weight: 1.0 });
+        let method = FusionMethod::Convex { alpha: 1.0, normalization: Normalization::MinMax };
+        let fused = fuse(&keyword, &semantic, &Fusion { method, depth: 2, feedback });
+        assert_eq!(ids(&fused), ["c", "a", "b"]);
+        assert_eq!(fused[2].explanation.semantic, Some(SideScore { rank: 3, score: 0.2 }));
     }
 }

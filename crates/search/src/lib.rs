@@ -13,8 +13,8 @@ mod semantic;
 
 pub use filter::{Condition, Filter, FilterError, Scalar, Test};
 pub use hybrid::{
-    candidates, fuse, Candidates, Explanation, Fused, Fusion, FusionMethod, FusionParamError,
-    FusionParams, Normalization, Ranking, SideScore,
+    candidates, fuse, Candidates, Explanation, Feedback, Fused, Fusion, FusionMethod,
+    FusionParamError, FusionParams, Normalization, Ranking, SideScore,
 };
 
 use std::fmt;

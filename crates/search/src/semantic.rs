@@ -1,6 +1,7 @@
 //! Semantic ranking: the query embedded by the collection's model, its nearest documents found
 //! in the collection's HNSW graph.
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use cloze_index::{analyze, Collection};
@@ -19,10 +20,7 @@ pub(crate) fn search(
     let query = collection.encoder()?.encode(&[&request.query])?.remove(0);
     let mut timings = Timings { encode: started.elapsed(), ..Timings::default() };
     let started = Instant::now();
-    let allowed = match &request.filter {
-        Some(filter) => Some(filter.document_ids(collection, &collection.searcher())?),
-        None => None,
-    };
+    let allowed = allowed_documents(collection, request)?;
     let total = match &allowed {
         Some(allowed) => allowed.len(),
         None => collection.vector_document_count() as usize,
@@ -48,6 +46,17 @@ pub(crate) fn search(
         timings.documents = started.elapsed();
     }
     Ok(Results { hits, total, timings })
+}
+
+/// The documents the request's filter lets through; None without a filter.
+pub(crate) fn allowed_documents(
+    collection: &Collection,
+    request: &SearchRequest,
+) -> Result<Option<HashSet<String>>, SearchError> {
+    match &request.filter {
+        Some(filter) => Ok(Some(filter.document_ids(collection, &collection.searcher())?)),
+        None => Ok(None),
+    }
 }
 
 /// Gives hits found by id (not through tantivy) their titles and snippets.

@@ -26,6 +26,16 @@ pub struct FusionFlags {
     /// Hybrid mode: candidates each side retrieves before fusing.
     #[arg(long, value_name = "N")]
     depth_per_side: Option<usize>,
+
+    /// Hybrid mode: pseudo-relevance feedback. The semantic query moves toward the mean vector
+    /// of this many of the best keyword hits, and every keyword candidate gets a semantic
+    /// score [default: none].
+    #[arg(long, value_name = "N")]
+    feedback_docs: Option<usize>,
+
+    /// Hybrid mode, with --feedback-docs: the weight of their mean vector [default: 1].
+    #[arg(long, value_name = "WEIGHT", requires = "feedback_docs")]
+    feedback_weight: Option<f64>,
 }
 
 fn parse_normalization(name: &str) -> Result<Normalization, String> {
@@ -41,12 +51,16 @@ impl FusionFlags {
             normalization: self.normalization.map(|n| n.name().to_string()),
             k: self.rrf_k,
             depth: self.depth_per_side,
+            feedback_docs: self.feedback_docs,
+            feedback_weight: self.feedback_weight,
         };
         params.fusion().map_err(|error| {
             let flag = match error.param {
                 "method" => "fusion",
                 "k" => "rrf-k",
                 "depth" => "depth-per-side",
+                "feedback_docs" => "feedback-docs",
+                "feedback_weight" => "feedback-weight",
                 other => other,
             };
             anyhow!("--{flag}: {}", error.message)

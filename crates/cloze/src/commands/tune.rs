@@ -6,7 +6,8 @@ use clap::Args;
 use cloze_eval::{evaluate, paired_randomization_test, Metric, Qrels, Run};
 use cloze_index::DataDir;
 use cloze_search::{
-    candidates, fuse, Candidates, Fusion, FusionMethod, Mode, Normalization, SearchRequest,
+    candidates, fuse, Candidates, Feedback, Fusion, FusionMethod, Mode, Normalization, Ranking,
+    SearchRequest,
 };
 use serde_json::json;
 
@@ -21,8 +22,9 @@ const SIGNIFICANCE_SEED: u64 = 0x5eed;
 ///
 /// Retrieves each judged query's keyword and semantic candidates once, as deep as the deepest
 /// setting tried, then scores every combination of fusion method (reciprocal rank fusion with
-/// each --rrf-k; a convex combination with each --alpha and normalisation) and depth per side
-/// by --metric, and prints them best first. The best is chosen only if it beats the better
+/// each --rrf-k; a convex combination with each --alpha and normalisation), depth per side and
+/// pseudo-relevance feedback (--feedback-docs, --feedback-weights) by --metric, and prints them
+/// best first. The best is chosen only if it beats the better
 /// side alone beyond chance (--significance); otherwise that side alone is. Tune on training
 /// queries and report on others: SciFact's qrels/train.tsv, not test.tsv. --save makes the
 /// choice the collection's default for hybrid searches that name no fusion.
@@ -56,6 +58,15 @@ pub struct TuneArgs {
     #[arg(long, value_delimiter = ',', default_value = "50,100,200")]
     depths: Vec<usize>,
 
+    /// Pseudo-relevance feedback to try: how many of the best keyword hits move the semantic
+    /// query toward their mean vector (0: none).
+    #[arg(long, value_delimiter = ',', default_value = "0,3,5,10")]
+    feedback_docs: Vec<usize>,
+
+    /// Pseudo-relevance feedback to try: the weights of that mean vector.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,1,2")]
+    feedback_weights: Vec<f64>,
+
     /// How many of the best settings to print.
     #[arg(long, default_value_t = 10)]
     top: usize,
@@ -80,6 +91,28 @@ pub struct TuneArgs {
     json: bool,
 }
 
+/// One judged query's candidates: both sides as retrieved, and the semantic side of each
+/// feedback setting at each depth (feedback moves the query by the keyword side's best hits,
+/// so its semantic side differs with both).
+struct Retrieved {
+    id: String,
+    found: Candidates,
+    moved: Vec<((usize, Feedback), Ranking)>,
+}
+
+impl Retrieved {
+    /// The semantic side that `fusion` fuses.
+    fn semantic(&self, fusion: &Fusion) -> &Ranking {
+        let Some(feedback) = fusion.feedback else {
+            return &self.found.semantic;
+        };
+        let key = (fusion.depth, feedback);
+        // Every setting tried was retrieved above.
+        let (_, ranking) = self.moved.iter().find(|(k, _)| *k == key).expect("retrieved");
+        ranking
+    }
+}
+
 pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
     let deepest = args.depths.iter().copied().max().unwrap_or(0);
     if deepest == 0 || args.depths.contains(&0) {
@@ -87,6 +120,22 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
     }
     if let Some(alpha) = args.alphas.iter().find(|a| !(0.0..=1.0).contains(*a)) {
         bail!("--alphas: {alpha} is not between 0 and 1");
+    }
+    if let Some(weight) = args.feedback_weights.iter().find(|w| !(**w >= 0.0 && w.is_finite())) {
+        bail!("--feedback-weights: {weight} is not a number of 0 or more");
+    }
+    let mut feedbacks: Vec<Option<Feedback>> = Vec::new();
+    for &docs in &args.feedback_docs {
+        if docs == 0 {
+            feedbacks.push(None);
+        } else {
+            feedbacks.extend(
+                args.feedback_weights.iter().map(|&weight| Some(Feedback { docs, weight })),
+            );
+        }
+    }
+    if feedbacks.is_empty() {
+        bail!("--feedback-docs: give at least one (0 for none)");
     }
     let mut collection = data_dir.open(&args.collection)?;
     let qrels = Qrels::read(&args.qrels)?;
@@ -107,28 +156,39 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
         request.ef_search = args.ef_search;
         let found = candidates(&collection, &request, deepest)
             .with_context(|| format!("query \"{id}\""))?;
-        sides.push((id.to_string(), found));
+        let mut moved: Vec<((usize, Feedback), Ranking)> = Vec::new();
+        for &depth in &args.depths {
+            for feedback in feedbacks.iter().flatten() {
+                let ranking = found
+                    .with_feedback(&collection, *feedback, depth)
+                    .with_context(|| format!("query \"{id}\""))?;
+                moved.push(((depth, *feedback), ranking));
+            }
+        }
+        sides.push(Retrieved { id: id.to_string(), found, moved });
         progress.inc(1);
     }
     progress.finish_and_clear();
 
     let mut settings = Vec::new();
     for &depth in &args.depths {
-        for &k in &args.rrf_ks {
-            settings.push(Fusion { method: FusionMethod::Rrf { k }, depth });
-        }
-        for &alpha in &args.alphas {
-            for normalization in Normalization::ALL {
-                settings
-                    .push(Fusion { method: FusionMethod::Convex { alpha, normalization }, depth });
+        for &feedback in &feedbacks {
+            for &k in &args.rrf_ks {
+                settings.push(Fusion { method: FusionMethod::Rrf { k }, depth, feedback });
+            }
+            for &alpha in &args.alphas {
+                for normalization in Normalization::ALL {
+                    let method = FusionMethod::Convex { alpha, normalization };
+                    settings.push(Fusion { method, depth, feedback });
+                }
             }
         }
     }
     // Per-query scores, in the qrels' query order.
-    let per_query = |ranking: &dyn Fn(&Candidates) -> Vec<(String, f64)>| -> Vec<f64> {
+    let per_query = |ranking: &dyn Fn(&Retrieved) -> Vec<(String, f64)>| -> Vec<f64> {
         let mut run = Run::new();
-        for (id, found) in &sides {
-            run.insert(id, ranking(found));
+        for retrieved in &sides {
+            run.insert(&retrieved.id, ranking(retrieved));
         }
         evaluate(&qrels, &run, &[args.metric])
             .per_query()
@@ -138,8 +198,8 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
     };
     let mean = |scores: &[f64]| scores.iter().sum::<f64>() / scores.len().max(1) as f64;
     let fused_run = |fusion: Fusion| {
-        move |found: &Candidates| -> Vec<(String, f64)> {
-            fuse(&found.keyword, &found.semantic, &fusion)
+        move |retrieved: &Retrieved| -> Vec<(String, f64)> {
+            fuse(&retrieved.found.keyword, retrieved.semantic(&fusion), &fusion)
                 .into_iter()
                 .map(|f| (f.id, f64::from(f.explanation.fused)))
                 .collect()
@@ -148,8 +208,8 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
     let as_run = |side: &[(String, f32)]| -> Vec<(String, f64)> {
         side.iter().map(|(id, s)| (id.clone(), f64::from(*s))).collect()
     };
-    let keyword_scores = per_query(&|found| as_run(&found.keyword));
-    let semantic_scores = per_query(&|found| as_run(&found.semantic));
+    let keyword_scores = per_query(&|retrieved| as_run(&retrieved.found.keyword));
+    let semantic_scores = per_query(&|retrieved| as_run(&retrieved.found.semantic));
     let (keyword, semantic) = (mean(&keyword_scores), mean(&semantic_scores));
     let mut results: Vec<(Fusion, f64)> = settings
         .into_iter()
@@ -181,7 +241,8 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
     } else {
         // As deep as was tried: the fused ranking is then that side's own, all the way down.
         let normalization = Fusion::DEFAULT_NORMALIZATION;
-        Fusion { method: FusionMethod::Convex { alpha: side_alpha, normalization }, depth: deepest }
+        let method = FusionMethod::Convex { alpha: side_alpha, normalization };
+        Fusion { method, depth: deepest, feedback: None }
     };
     let saved = if args.save {
         collection.set_default_fusion(Some(chosen.to_settings()))?;
