@@ -139,21 +139,30 @@ fn killing_the_server_never_loses_an_acknowledged_write() {
         let pid = server.child.id() as libc::pid_t;
         let kill_after = std::time::Duration::from_millis(rng.random_range(50..600));
         // Bulk requests one after another until the server dies; each answered one is recorded
-        // together with the ids of the one in flight when it died.
+        // together with the ids of the one in flight when it died. The kill comes a random
+        // while after the first answer, so every round acknowledges something however slow
+        // the machine is.
+        let (first_answer, answer_seen) = std::sync::mpsc::channel();
+        let (base, agent) = (server.base.clone(), server.agent.clone());
         let (answered, in_flight) = std::thread::scope(|scope| {
-            let client = scope.spawn(|| {
+            let client = scope.spawn(move || {
                 let mut answered = Vec::new();
                 for request in 0.. {
                     let (body, ids) = bulk_body(round, request, 40);
-                    let url = format!("{}/collections/docs/_bulk", server.base);
-                    match server.agent.post(&url).send(body.as_str()) {
-                        Ok(response) if response.status() == 200 => answered.extend(ids),
+                    let url = format!("{base}/collections/docs/_bulk");
+                    match agent.post(&url).send(body.as_str()) {
+                        Ok(response) if response.status() == 200 => {
+                            answered.extend(ids);
+                            let _ = first_answer.send(());
+                        }
                         Ok(response) => panic!("round {round}: status {}", response.status()),
                         Err(_) => return (answered, ids),
                     }
                 }
                 unreachable!()
             });
+            let waited = answer_seen.recv_timeout(std::time::Duration::from_secs(60));
+            assert!(waited.is_ok(), "round {round}: no bulk answered in 60 s");
             std::thread::sleep(kill_after);
             assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
             client.join().unwrap()
