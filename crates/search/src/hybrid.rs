@@ -79,6 +79,33 @@ pub struct Feedback {
 
 impl Feedback {
     pub const DEFAULT_WEIGHT: f64 = 1.0;
+
+    /// Feedback from `docs` hits at `weight`, or the parameter that is out of range and why.
+    pub fn new(docs: usize, weight: f64) -> Result<Feedback, FusionParamError> {
+        if docs == 0 {
+            return Err(FusionParamError::new("feedback_docs", "must be at least 1"));
+        }
+        if !(weight >= 0.0 && weight.is_finite()) {
+            let message = format!("must be a number of 0 or more (found {weight})");
+            return Err(FusionParamError::new("feedback_weight", message));
+        }
+        Ok(Feedback { docs, weight })
+    }
+
+    /// Feedback as given in parts (flags, JSON, a manifest): none if neither is given, the
+    /// default weight if only `docs` is.
+    fn from_parts(
+        docs: Option<usize>,
+        weight: Option<f64>,
+    ) -> Result<Option<Feedback>, FusionParamError> {
+        match (docs, weight) {
+            (None, None) => Ok(None),
+            (Some(docs), weight) => {
+                Feedback::new(docs, weight.unwrap_or(Feedback::DEFAULT_WEIGHT)).map(Some)
+            }
+            (None, Some(_)) => Err(FusionParamError::new("feedback_weight", "needs feedback_docs")),
+        }
+    }
 }
 
 /// Fusion settings of a hybrid search.
@@ -162,33 +189,9 @@ impl Fusion {
         if settings.depth == 0 {
             return Err("depth must be at least 1".to_string());
         }
-        let feedback = match (settings.feedback_docs, settings.feedback_weight) {
-            (None, None) => None,
-            (Some(docs), weight) => Some(
-                Feedback::checked(docs, weight)
-                    .map_err(|(param, message)| format!("{param} {message}"))?,
-            ),
-            (None, Some(_)) => return Err("feedback_weight needs feedback_docs".to_string()),
-        };
+        let feedback = Feedback::from_parts(settings.feedback_docs, settings.feedback_weight)
+            .map_err(|error| error.to_string())?;
         Ok(Fusion { method, depth: settings.depth, feedback })
-    }
-}
-
-impl Feedback {
-    /// Feedback from `docs` hits at `weight` (default [`Feedback::DEFAULT_WEIGHT`]), or the
-    /// parameter that is out of range and why.
-    fn checked(docs: usize, weight: Option<f64>) -> Result<Feedback, (&'static str, String)> {
-        if docs == 0 {
-            return Err(("feedback_docs", "must be at least 1".to_string()));
-        }
-        let weight = weight.unwrap_or(Feedback::DEFAULT_WEIGHT);
-        if !(weight >= 0.0 && weight.is_finite()) {
-            return Err((
-                "feedback_weight",
-                format!("must be a number of 0 or more (found {weight})"),
-            ));
-        }
-        Ok(Feedback { docs, weight })
     }
 }
 
@@ -220,6 +223,12 @@ pub struct FusionParamError {
     /// The parameter's name in [`FusionParams`].
     pub param: &'static str,
     pub message: String,
+}
+
+impl FusionParamError {
+    fn new(param: &'static str, message: impl Into<String>) -> FusionParamError {
+        FusionParamError { param, message: message.into() }
+    }
 }
 
 impl FusionParams {
@@ -269,16 +278,7 @@ impl FusionParams {
         if depth == 0 {
             return Err(error("depth", "must be at least 1".to_string()));
         }
-        let feedback = match (self.feedback_docs, self.feedback_weight) {
-            (None, None) => None,
-            (Some(docs), weight) => Some(
-                Feedback::checked(docs, weight)
-                    .map_err(|(param, message)| error(param, message))?,
-            ),
-            (None, Some(_)) => {
-                return Err(error("feedback_weight", "needs feedback_docs".to_string()));
-            }
-        };
+        let feedback = Feedback::from_parts(self.feedback_docs, self.feedback_weight)?;
         Ok(Some(Fusion { method, depth, feedback }))
     }
 }
@@ -457,6 +457,17 @@ pub fn candidates(
     request: &SearchRequest,
     depth: usize,
 ) -> Result<Candidates, SearchError> {
+    retrieve(collection, request, depth, true)
+}
+
+/// The keyword side and the query's vector; the semantic side too if `search_vectors` (a
+/// search with feedback searches with the moved vector only, see [`Candidates::with_feedback`]).
+fn retrieve(
+    collection: &Collection,
+    request: &SearchRequest,
+    depth: usize,
+    search_vectors: bool,
+) -> Result<Candidates, SearchError> {
     let mut side_request = request.clone();
     (side_request.limit, side_request.offset, side_request.with_documents) = (depth, 0, false);
     let found = keyword::search(collection, &side_request)?;
@@ -472,7 +483,10 @@ pub fn candidates(
     timings.encode = started.elapsed();
     let started = Instant::now();
     let allowed = semantic::allowed_documents(collection, request)?;
-    let semantic = nearest(collection, &query, depth, ef_search, allowed.as_ref())?;
+    let semantic = match search_vectors {
+        true => nearest(collection, &query, depth, ef_search, allowed.as_ref())?,
+        false => Vec::new(),
+    };
     timings.vector = started.elapsed();
     Ok(Candidates { keyword, semantic, timings, query: Some(query), allowed, ef_search })
 }
@@ -492,8 +506,8 @@ impl Candidates {
     /// The semantic side with `feedback`, `depth` deep: the query's vector moved toward the
     /// mean vector of the best `feedback.docs` keyword candidates, then its `depth` nearest
     /// documents and every keyword candidate within `depth` that they miss, all scored against
-    /// the moved vector, best first. Where no feedback document has a vector, the semantic
-    /// side as retrieved.
+    /// the moved vector, best first. Where no feedback document has a vector, the same with
+    /// the query's own vector.
     pub fn with_feedback(
         &self,
         collection: &Collection,
@@ -506,18 +520,10 @@ impl Candidates {
         let keyword = &self.keyword[..self.keyword.len().min(depth)];
         let best: Vec<&str> =
             keyword.iter().take(feedback.docs).map(|(id, _)| id.as_str()).collect();
-        let Some(mean) = collection.mean_vector(&best)? else {
-            return Ok(self.semantic[..self.semantic.len().min(depth)].to_vec());
+        let moved = match collection.mean_vector(&best)? {
+            Some(mean) => moved_toward(query, &mean, feedback.weight as f32),
+            None => query.clone(),
         };
-        let weight = feedback.weight as f32;
-        let mut moved: Vec<f32> = query.iter().zip(&mean).map(|(q, m)| q + weight * m).collect();
-        let norm = moved.iter().map(|x| x * x).sum::<f32>().sqrt();
-        if norm == 0.0 {
-            // The mean cancelled the query exactly: no direction to search in but the query's.
-            moved.clone_from(query);
-        } else {
-            moved.iter_mut().for_each(|x| *x /= norm);
-        }
         let mut ranking =
             nearest(collection, &moved, depth, self.ef_search, self.allowed.as_ref())?;
         let found: HashSet<&str> = ranking.iter().map(|(id, _)| id.as_str()).collect();
@@ -536,6 +542,17 @@ impl Candidates {
     }
 }
 
+/// `query + weight x mean`, at unit length; the query itself where the mean cancels it.
+fn moved_toward(query: &[f32], mean: &[f32], weight: f32) -> Vec<f32> {
+    let mut moved: Vec<f32> = query.iter().zip(mean).map(|(q, m)| q + weight * m).collect();
+    let norm = moved.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm == 0.0 {
+        return query.to_vec();
+    }
+    moved.iter_mut().for_each(|x| *x /= norm);
+    moved
+}
+
 pub(crate) fn search(
     collection: &Collection,
     request: &SearchRequest,
@@ -544,7 +561,7 @@ pub(crate) fn search(
         Some(fusion) => fusion,
         None => Fusion::default_for(collection)?,
     };
-    let found = candidates(collection, request, fusion.depth)?;
+    let found = retrieve(collection, request, fusion.depth, fusion.feedback.is_none())?;
     let mut timings = found.timings;
     let semantic = match fusion.feedback {
         Some(feedback) => {

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use cloze_eval::{evaluate, paired_randomization_test, Metric, Qrels, Run};
 use cloze_index::DataDir;
@@ -121,17 +121,16 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
     if let Some(alpha) = args.alphas.iter().find(|a| !(0.0..=1.0).contains(*a)) {
         bail!("--alphas: {alpha} is not between 0 and 1");
     }
-    if let Some(weight) = args.feedback_weights.iter().find(|w| !(**w >= 0.0 && w.is_finite())) {
-        bail!("--feedback-weights: {weight} is not a number of 0 or more");
-    }
     let mut feedbacks: Vec<Option<Feedback>> = Vec::new();
     for &docs in &args.feedback_docs {
         if docs == 0 {
             feedbacks.push(None);
-        } else {
-            feedbacks.extend(
-                args.feedback_weights.iter().map(|&weight| Some(Feedback { docs, weight })),
-            );
+            continue;
+        }
+        for &weight in &args.feedback_weights {
+            let feedback = Feedback::new(docs, weight)
+                .map_err(|error| anyhow!("--feedback-weights: {}", error.message))?;
+            feedbacks.push(Some(feedback));
         }
     }
     if feedbacks.is_empty() {
