@@ -59,6 +59,7 @@ fn main() {
     let semantic = SemanticSettings {
         model: encoder.record().clone(),
         window_overlap: None,
+        window_length: None,
         hnsw: HnswSettings::default(),
     };
     let mut collection =

@@ -51,13 +51,23 @@ impl Fixture {
     }
 
     fn create(&self, name: &str, window_overlap: Option<usize>) -> Collection {
+        self.create_windowed(name, window_overlap, None).unwrap()
+    }
+
+    fn create_windowed(
+        &self,
+        name: &str,
+        window_overlap: Option<usize>,
+        window_length: Option<usize>,
+    ) -> Result<Collection, IndexError> {
         let encoder = Encoder::load(&self.model).unwrap();
         let semantic = SemanticSettings {
             model: encoder.record().clone(),
             window_overlap,
+            window_length,
             hnsw: HnswSettings::default(),
         };
-        self.data.create(name, AnalyzerSettings::default(), Some(semantic)).unwrap()
+        self.data.create(name, AnalyzerSettings::default(), Some(semantic))
     }
 }
 
@@ -189,6 +199,36 @@ fn another_model_a_wrong_dimension_or_no_model_is_refused() {
     let keyword_only = fixture.data.create("plain", AnalyzerSettings::default(), None).unwrap();
     let error = search(&keyword_only, &SearchRequest::new("x", Mode::Semantic, 10)).unwrap_err();
     assert!(error.to_string().contains("has no vectors"), "{error}");
+}
+
+#[test]
+fn windows_can_be_shorter_than_the_model() {
+    let fixture = Fixture::new(16);
+    let mut windowed = fixture.create_windowed("short-windows", Some(4), Some(10)).unwrap();
+    let long_text = texts().join(" ");
+    windowed.ingest([document("long", &long_text)], || {}).unwrap();
+    let tokenizer = cloze_mlm::load_tokenizer(&fixture.model).unwrap();
+    let tokens = tokenizer.encode(long_text.as_str(), false).unwrap().get_ids().len();
+    // 8 tokens a window besides [CLS] and [SEP], each starting 4 after the one before.
+    assert_eq!(windowed.vector_count() as usize, 1 + (tokens - 8).div_ceil(4));
+    // The window holding the start of the text is the embedding of its first 8 tokens.
+    let start = tokenizer
+        .decode(&tokenizer.encode(long_text.as_str(), false).unwrap().get_ids()[..8], true)
+        .unwrap();
+    let hits = search(&windowed, &SearchRequest::new(&start, Mode::Semantic, 1)).unwrap().hits;
+    assert!((hits[0].score - 1.0).abs() < 1e-4, "{hits:?}");
+
+    for (overlap, length, field) in [
+        (Some(4), Some(2), "window_length is 2"),
+        (Some(4), Some(17), "window_length is 17"),
+        (Some(8), Some(10), "window_overlap is 8"),
+        (None, Some(10), "window_length needs window_overlap"),
+    ] {
+        let name = format!("bad-{}", field.len());
+        let error = fixture.create_windowed(&name, overlap, length).err().unwrap().to_string();
+        assert!(error.contains(field), "{error}");
+        assert!(!fixture.data.exists(&name).unwrap());
+    }
 }
 
 #[test]

@@ -583,5 +583,24 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
     assert!(error.contains("--model /nonexistent"), "{error}");
     let error = ws.fails(&["index", "--collection", "new", "--corpus", path(&corpus), "--windows"]);
     assert!(error.contains("--model"), "{error}");
+    let short_windows = ["--model", path(&model), "--windows", "--window-length"];
+    let error = ws.fails(
+        &[&["index", "--collection", "new", "--corpus", path(&corpus)][..], &short_windows, &["2"]]
+            .concat(),
+    );
+    assert!(error.contains("window_length is 2; it must be between 3"), "{error}");
     assert!(!ws.data_dir().join("new").exists());
+    // Half a window of overlap unless asked: 8 tokens a window besides [CLS] and [SEP].
+    ws.ok(&[
+        &["index", "--collection", "new", "--corpus", path(&corpus)][..],
+        &short_windows,
+        &["10"],
+    ]
+    .concat());
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(ws.data_dir().join("new/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["semantic"]["window_length"], 10);
+    assert_eq!(manifest["semantic"]["window_overlap"], 4);
 }

@@ -30,6 +30,8 @@ fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
         Some(&json!({"model": model, "hnsw": {"m": 12}}).to_string()),
     );
     assert_eq!(created["settings"]["semantic"]["hnsw"]["m"], 12);
+    let windows = json!({"model": model, "window_overlap": 20, "window_length": 16});
+    server.refused("PUT", "/collections/w", &windows.to_string(), 400, "window_overlap is 20");
     server.ok("PUT", "/collections/plain", Some("{}"));
 
     // BEIR lines are documents carrying their own _id.

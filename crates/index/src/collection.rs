@@ -104,8 +104,8 @@ impl DataDir {
             message,
         })?;
         if let Some(semantic) = &semantic {
-            semantic.hnsw.validate().map_err(|message| IndexError::InvalidAnalyzer {
-                origin: format!("the HNSW settings of \"{name}\""),
+            semantic.validate().map_err(|message| IndexError::InvalidVectorSettings {
+                name: name.to_string(),
                 message,
             })?;
         }
@@ -603,7 +603,7 @@ impl Collection {
         let encoder = self.encoder.get().expect("loaded just above");
         let texts: Vec<&str> = pending.iter().map(|(_, text)| text.as_str()).collect();
         let embedded = match semantic.window_overlap {
-            Some(overlap) => encoder.encode_windows(&texts, overlap)?,
+            Some(overlap) => encoder.encode_windows(&texts, semantic.window_length(), overlap)?,
             None => encoder.encode(&texts)?.into_iter().map(|vector| vec![vector]).collect(),
         };
         let count = pending.len();

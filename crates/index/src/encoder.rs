@@ -65,13 +65,14 @@ impl Encoder {
         self.embedder.embed(texts).map_err(|source| self.error(source))
     }
 
-    /// One vector per overlapping window of each text.
+    /// One vector per overlapping window of each text, windows of `length` tokens at most.
     pub fn encode_windows(
         &self,
         texts: &[&str],
+        length: usize,
         overlap: usize,
     ) -> Result<Vec<Vec<Vec<f32>>>, IndexError> {
-        self.embedder.embed_windows(texts, overlap).map_err(|source| self.error(source))
+        self.embedder.embed_windows(texts, length, overlap).map_err(|source| self.error(source))
     }
 
     fn error(&self, source: cloze_mlm::EmbedError) -> IndexError {

@@ -16,6 +16,8 @@ pub enum IndexError {
     UnknownAnalyzer { name: String, presets: String },
     #[error("invalid analyzer settings in {origin}: {message}")]
     InvalidAnalyzer { origin: String, message: String },
+    #[error("invalid vector settings for \"{name}\": {message}")]
+    InvalidVectorSettings { name: String, message: String },
     #[error("{path}: {message}")]
     InvalidManifest { path: PathBuf, message: String },
     #[error(

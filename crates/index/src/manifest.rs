@@ -61,7 +61,42 @@ pub struct SemanticSettings {
     /// truncated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window_overlap: Option<usize>,
+    /// Tokens per window, [CLS] and [SEP] included, when shorter than the model's length
+    /// (only with `window_overlap`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_length: Option<usize>,
     pub hnsw: HnswSettings,
+}
+
+impl SemanticSettings {
+    /// Tokens per window, [CLS] and [SEP] included.
+    pub fn window_length(&self) -> usize {
+        self.window_length.unwrap_or(self.model.max_len)
+    }
+
+    /// Checks the settings of a new collection, naming the field at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        self.hnsw.validate()?;
+        let length = self.window_length();
+        if self.window_length.is_some() && self.window_overlap.is_none() {
+            return Err("window_length needs window_overlap (windows are off)".to_string());
+        }
+        if length < 3 || length > self.model.max_len {
+            return Err(format!(
+                "window_length is {length}; it must be between 3 ([CLS], [SEP] and one token) \
+                 and the model's length, {}",
+                self.model.max_len
+            ));
+        }
+        match self.window_overlap {
+            Some(overlap) if overlap >= length - 2 => Err(format!(
+                "window_overlap is {overlap}; it must be below the {} tokens a window of \
+                 {length} holds besides [CLS] and [SEP]",
+                length - 2
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// HNSW graph settings (the names of the paper and of most engines).

@@ -251,17 +251,22 @@ impl Embedder {
         self.embed_sequences(sequences)
     }
 
-    /// Vectors for every part of each text: a text is cut into windows of at most
-    /// [`Self::max_len`] tokens, each overlapping the one before by `overlap` tokens, so no part
-    /// of a long text is lost to truncation. A text that fits has one window, whose vector is
-    /// the one [`Self::embed`] gives.
+    /// Vectors for every part of each text: a text is cut into windows of at most `length`
+    /// tokens ([CLS] and [SEP] included; [`Self::max_len`] when longer), each overlapping the
+    /// one before by `overlap` tokens, so no part of a long text is lost to truncation. A text
+    /// that fits in one window gets the vector [`Self::embed`] gives it when `length` is the
+    /// model's.
+    ///
+    /// Windows shorter than the model's length suit an encoder trained on short crops: it
+    /// ranks a passage of the length it learned on better than a long document's average.
     pub fn embed_windows(
         &self,
         texts: &[&str],
+        length: usize,
         overlap: usize,
     ) -> Result<Vec<Vec<Vec<f32>>>, EmbedError> {
         // Room for [CLS] and [SEP] in each window, and at least one new token per window.
-        let width = self.max_len.saturating_sub(2).max(1);
+        let width = length.min(self.max_len).saturating_sub(2).max(1);
         let step = width.saturating_sub(overlap).max(1);
         let mut untruncated = self.tokenizer.clone();
         untruncated.with_truncation(None).map_err(|e| EmbedError::Tokenize(e.to_string()))?;

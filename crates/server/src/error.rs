@@ -87,6 +87,7 @@ impl From<IndexError> for ApiError {
             IndexError::InvalidName(_)
             | IndexError::UnknownAnalyzer { .. }
             | IndexError::InvalidAnalyzer { .. }
+            | IndexError::InvalidVectorSettings { .. }
             | IndexError::Corpus(_)
             | IndexError::DimensionMismatch { .. } => ApiError::invalid(reason),
             IndexError::NoModel(_) => ApiError::new(StatusCode::BAD_REQUEST, "no_model", reason),

@@ -51,9 +51,16 @@ pub struct IndexArgs {
     #[arg(long, requires = "model")]
     windows: bool,
 
-    /// Tokens each window shares with the one before [default: 32].
+    /// Tokens each window shares with the one before [default: 32, or half a window when
+    /// windows are shorter than 66 tokens].
     #[arg(long, value_name = "TOKENS", requires = "windows")]
     window_overlap: Option<usize>,
+
+    /// Tokens per window, [CLS] and [SEP] included, when shorter than the model's length
+    /// [default: the model's length]. An encoder trained on short crops, such as the
+    /// retrieval preset's 64 tokens, ranks best with windows of that length.
+    #[arg(long, value_name = "TOKENS", requires = "windows")]
+    window_length: Option<usize>,
 
     /// For a new collection with --model: HNSW links per point [default: 16].
     #[arg(long, value_name = "M", requires = "model")]
@@ -93,7 +100,12 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
         let defaults = HnswSettings::default();
         let semantic = encoder.as_ref().map(|encoder| SemanticSettings {
             model: encoder.record().clone(),
-            window_overlap: args.windows.then_some(args.window_overlap.unwrap_or(32)),
+            window_overlap: args.windows.then(|| {
+                // Half a window when windows are short, so each adds as many tokens as it shares.
+                let length = args.window_length.unwrap_or(encoder.record().max_len);
+                args.window_overlap.unwrap_or(32.min(length.saturating_sub(2) / 2))
+            }),
+            window_length: args.window_length,
             hnsw: HnswSettings {
                 m: args.hnsw_m.unwrap_or(defaults.m),
                 ef_construction: args.ef_construction.unwrap_or(defaults.ef_construction),
@@ -119,6 +131,7 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
             let changed = [
                 ("--windows", args.windows.then_some(1), semantic.window_overlap.map(|_| 1)),
                 ("--window-overlap", args.window_overlap, semantic.window_overlap),
+                ("--window-length", args.window_length, Some(semantic.window_length())),
                 ("--hnsw-m", args.hnsw_m, Some(hnsw.m)),
                 ("--ef-construction", args.ef_construction, Some(hnsw.ef_construction)),
                 ("--ef-search", args.ef_search, Some(hnsw.ef_search)),

@@ -28,6 +28,8 @@ struct CreateCollection {
     /// Cut documents longer than the model's length into windows overlapping by this many
     /// tokens, one vector each, instead of truncating them.
     window_overlap: Option<usize>,
+    /// Tokens per window when shorter than the model's length (with `window_overlap`).
+    window_length: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -56,8 +58,13 @@ pub async fn create(
         })?,
         None => AnalyzerSettings::default(),
     };
-    if settings.model.is_none() && (settings.hnsw.is_some() || settings.window_overlap.is_some()) {
-        return Err(ApiError::invalid("hnsw and window_overlap need a model: model is missing"));
+    let needs_model = settings.hnsw.is_some()
+        || settings.window_overlap.is_some()
+        || settings.window_length.is_some();
+    if settings.model.is_none() && needs_model {
+        return Err(ApiError::invalid(
+            "hnsw, window_overlap and window_length need a model: model is missing",
+        ));
     }
     let defaults = HnswSettings::default();
     let hnsw = settings.hnsw.unwrap_or_default();
@@ -83,6 +90,7 @@ pub async fn create(
         let semantic = encoder.as_ref().map(|encoder| SemanticSettings {
             model: encoder.record().clone(),
             window_overlap: settings.window_overlap,
+            window_length: settings.window_length,
             hnsw,
         });
         let handle = state.registry.create(&name, |data_dir| {
