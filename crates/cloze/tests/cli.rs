@@ -514,6 +514,17 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
         "x",
     ]);
     assert!(error.contains("--feedback-docs: must be at least 1"), "{error}");
+    // A bad weight is refused even where no setting would use it.
+    let bad_weight = ["--feedback-docs", "0", "--feedback-weights=-1"];
+    let error = ws.fails(
+        &[
+            &["tune", "--collection", "energy", "--queries", path(&queries), "--qrels"][..],
+            &[path(&qrels)],
+            &bad_weight,
+        ]
+        .concat(),
+    );
+    assert!(error.contains("--feedback-weights: must be a number of 0 or more"), "{error}");
     let tuned = judged(
         "tune",
         &["--depths", "3", "--alphas", "0,1", "--rrf-ks", "60", "--feedback-docs", "0,2"],

@@ -483,9 +483,10 @@ fn retrieve(
     timings.encode = started.elapsed();
     let started = Instant::now();
     let allowed = semantic::allowed_documents(collection, request)?;
-    let semantic = match search_vectors {
-        true => nearest(collection, &query, depth, ef_search, allowed.as_ref())?,
-        false => Vec::new(),
+    let semantic = if search_vectors {
+        nearest(collection, &query, depth, ef_search, allowed.as_ref())?
+    } else {
+        Vec::new()
     };
     timings.vector = started.elapsed();
     Ok(Candidates { keyword, semantic, timings, query: Some(query), allowed, ef_search })

@@ -121,17 +121,19 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
     if let Some(alpha) = args.alphas.iter().find(|a| !(0.0..=1.0).contains(*a)) {
         bail!("--alphas: {alpha} is not between 0 and 1");
     }
+    // Each weight is checked once, whatever --feedback-docs holds (one document is always valid).
+    for &weight in &args.feedback_weights {
+        Feedback::new(1, weight)
+            .map_err(|error| anyhow!("--feedback-weights: {}", error.message))?;
+    }
     let mut feedbacks: Vec<Option<Feedback>> = Vec::new();
     for &docs in &args.feedback_docs {
         if docs == 0 {
             feedbacks.push(None);
             continue;
         }
-        for &weight in &args.feedback_weights {
-            let feedback = Feedback::new(docs, weight)
-                .map_err(|error| anyhow!("--feedback-weights: {}", error.message))?;
-            feedbacks.push(Some(feedback));
-        }
+        feedbacks
+            .extend(args.feedback_weights.iter().map(|&weight| Some(Feedback { docs, weight })));
     }
     if feedbacks.is_empty() {
         bail!("--feedback-docs: give at least one (0 for none)");
