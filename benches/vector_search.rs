@@ -6,9 +6,10 @@
 //! vectors to index and the query vectors. In one run it:
 //! - takes every query's exact top 10 (each vector compared);
 //! - builds Cloze's vector index (hnsw_rs, M 16, ef_construction 200, both cores), timed;
-//! - searches every query one after another on one thread at each ef_search, three times, and
-//!   scores recall@10 against the exact top 10;
-//! - has hnswlib (`vector_search_hnswlib.py`) do the same with the same vectors and settings.
+//! - has hnswlib (`vector_search_hnswlib.py`) build its graph with the same vectors and settings;
+//! - then, five times over, for each ef_search, has each side in turn answer every query one
+//!   after another on one thread, and scores recall@10 against the exact top 10 (queries/s is
+//!   the median of the five).
 //!
 //! It prints, for each side, the build time and the queries/s at recall@10 0.95 and 0.99
 //! (interpolated between the ef_search values around it), with the ratio (Cloze / hnswlib),
@@ -19,7 +20,7 @@
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use cloze_index::{HnswSettings, VectorIndex};
@@ -29,7 +30,7 @@ use serde_json::{json, Value};
 
 const EF_SEARCH: [usize; 9] = [10, 16, 24, 32, 48, 64, 100, 200, 400];
 const K: usize = 10;
-const REPETITIONS: usize = 3;
+const REPETITIONS: usize = 5;
 const TARGETS: [f64; 2] = [0.95, 0.99];
 
 fn read_vectors(path: &Path) -> (Vec<String>, Vec<Vec<f32>>) {
@@ -101,28 +102,7 @@ fn main() {
         hits as f64 / (truth.len() * K) as f64
     };
 
-    // One thread, as a service answers one query per worker.
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    let ours: Vec<(usize, f64, f64)> = EF_SEARCH
-        .iter()
-        .map(|&ef| {
-            let mut seconds = Vec::new();
-            let mut found = Vec::new();
-            for _ in 0..REPETITIONS {
-                let started = Instant::now();
-                found = pool.install(|| {
-                    queries
-                        .iter()
-                        .map(|q| index.nearest(q, K, ef, None).into_iter().map(|n| n.id).collect())
-                        .collect::<Vec<Vec<String>>>()
-                });
-                seconds.push(started.elapsed().as_secs_f64());
-            }
-            (ef, recall(&found), queries.len() as f64 / median(&mut seconds))
-        })
-        .collect();
-
-    eprintln!("hnswlib ...");
+    eprintln!("hnswlib builds its graph ...");
     let work = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vector-search").join(label);
     std::fs::create_dir_all(&work).unwrap();
     write_f32(&work.join("vectors.f32"), &vectors);
@@ -133,25 +113,64 @@ fn main() {
         truth.iter().map(|row| row.iter().map(|id| position[id.as_str()]).collect()).collect();
     let request = json!({
         "dimension": dimension, "m": settings.m, "ef_construction": settings.ef_construction,
-        "ef_search": EF_SEARCH, "k": K, "repetitions": REPETITIONS, "build_threads": 2,
-        "truth": truth_rows,
+        "k": K, "build_threads": 2, "truth": truth_rows,
     });
     std::fs::write(work.join("request.json"), request.to_string()).unwrap();
-    let python = cloze_tests::peer_python();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("vector_search_hnswlib.py");
-    let output = Command::new(&python).arg(&script).arg(&work).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let peer: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let peer_curve: Vec<(usize, f64, f64)> = peer["curve"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            let ef = p["ef"].as_u64().unwrap() as usize;
-            (ef, p["recall"].as_f64().unwrap(), p["qps"].as_f64().unwrap())
-        })
-        .collect();
-    let peer_build = peer["build_seconds"].as_f64().unwrap();
+    let mut peer = Command::new(cloze_tests::peer_python())
+        .arg(&script)
+        .arg(&work)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_peer = peer.stdin.take().unwrap();
+    let mut from_peer = std::io::BufReader::new(peer.stdout.take().unwrap()).lines();
+    let mut peer_line = || -> Value {
+        let line = from_peer.next().expect("hnswlib's side ended early").unwrap();
+        serde_json::from_str(&line).unwrap()
+    };
+    let built = peer_line();
+    let peer_build = built["build_seconds"].as_f64().unwrap();
+
+    // The two sides take turns at each ef_search, repetition after repetition, so a slow
+    // spell of this machine falls on both. One thread, as a service answers one query per
+    // worker.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    // Per ef_search: each side's seconds per repetition, and its recall (the same every time).
+    let (mut our_seconds, mut peer_seconds) =
+        (vec![Vec::new(); EF_SEARCH.len()], vec![Vec::new(); EF_SEARCH.len()]);
+    let (mut our_recall, mut peer_recall) =
+        (vec![0.0; EF_SEARCH.len()], vec![0.0; EF_SEARCH.len()]);
+    for _ in 0..REPETITIONS {
+        for (i, &ef) in EF_SEARCH.iter().enumerate() {
+            let started = Instant::now();
+            let found = pool.install(|| {
+                queries
+                    .iter()
+                    .map(|q| index.nearest(q, K, ef, None).into_iter().map(|n| n.id).collect())
+                    .collect::<Vec<Vec<String>>>()
+            });
+            our_seconds[i].push(started.elapsed().as_secs_f64());
+            our_recall[i] = recall(&found);
+            writeln!(to_peer, "{ef}").unwrap();
+            let answer = peer_line();
+            peer_seconds[i].push(answer["seconds"].as_f64().unwrap());
+            peer_recall[i] = answer["recall"].as_f64().unwrap();
+        }
+    }
+    drop(to_peer);
+    assert!(peer.wait().unwrap().success(), "hnswlib's side failed");
+    // (ef_search, recall, queries/s of the median repetition) for one side.
+    let curve = |seconds: &mut [Vec<f64>], recalls: &[f64]| -> Vec<(usize, f64, f64)> {
+        EF_SEARCH
+            .iter()
+            .zip(seconds.iter_mut().zip(recalls))
+            .map(|(&ef, (times, &recall))| (ef, recall, queries.len() as f64 / median(times)))
+            .collect()
+    };
+    let ours = curve(&mut our_seconds, &our_recall);
+    let peer_curve = curve(&mut peer_seconds, &peer_recall);
 
     println!(
         "Vector search, {label}: {} vectors of {dimension}, {} queries",
@@ -191,10 +210,10 @@ fn main() {
                           "speed_ratio": peer_build / build_seconds},
         "curve": {
             "cloze": ours.iter().map(|&(ef, recall, qps)| json!({"ef": ef, "recall": recall, "qps": qps})).collect::<Vec<_>>(),
-            "hnswlib": peer["curve"],
+            "hnswlib": peer_curve.iter().map(|&(ef, recall, qps)| json!({"ef": ef, "recall": recall, "qps": qps})).collect::<Vec<_>>(),
         },
         "at_recall": summary,
-        "hnswlib_version": peer["version"],
+        "hnswlib_version": built["version"],
     });
     cloze_tests::save_bench_result(&format!("vector-search-{label}"), &result);
 }

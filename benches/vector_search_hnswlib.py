@@ -1,10 +1,11 @@
 """hnswlib's side of benches/vector_search.rs: the same vectors, settings and queries.
 
 Reads WORK/vectors.f32, WORK/queries.f32 and WORK/request.json (dimension, m, ef_construction,
-ef_search, k, repetitions, build_threads, truth: each query's exact top-k as row numbers);
-builds an inner-product index (the vectors have unit length, so this is cosine), then, for each
-ef_search, answers all queries on one thread, `repetitions` times, and prints JSON: the build
-time, and each ef's recall@k and queries/s (median of the repetitions).
+k, build_threads, truth: each query's exact top-k as row numbers); builds an inner-product
+index (the vectors have unit length, so this is cosine) and prints one JSON line: the build
+time and hnswlib's version. Then, for each ef_search read from stdin (one per line), it answers
+all queries once on one thread and prints a JSON line with the seconds it took and recall@k,
+so that the Rust side can alternate with it.
 """
 
 import json
@@ -28,19 +29,16 @@ index.init_index(max_elements=len(vectors), M=request["m"], ef_construction=requ
 index.set_num_threads(request["build_threads"])
 index.add_items(vectors, np.arange(len(vectors)))
 build_seconds = time.perf_counter() - started
+print(json.dumps({"build_seconds": build_seconds,
+                  "version": getattr(hnswlib, "__version__", "unknown")}), flush=True)
 
 # One thread, as for Cloze; one batch call, so Python's per-call overhead is not counted.
 index.set_num_threads(1)
-curve = []
-for ef in request["ef_search"]:
+for line in sys.stdin:
+    ef = int(line)
     index.set_ef(max(ef, k))
-    times = []
-    for _ in range(request["repetitions"]):
-        started = time.perf_counter()
-        labels, _ = index.knn_query(queries, k=k)
-        times.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    labels, _ = index.knn_query(queries, k=k)
+    seconds = time.perf_counter() - started
     hits = sum(len(truth[i] & set(row.tolist())) for i, row in enumerate(labels))
-    curve.append({"ef": ef, "recall": hits / (len(truth) * k), "qps": len(queries) / float(np.median(times))})
-
-print(json.dumps({"build_seconds": build_seconds, "curve": curve,
-                  "version": getattr(hnswlib, "__version__", "unknown")}))
+    print(json.dumps({"seconds": seconds, "recall": hits / (len(truth) * k)}), flush=True)

@@ -3,10 +3,16 @@
 //! hnsw_rs builds the graph well and writes it to disk, but searches it slowly: every neighbour
 //! list sits behind a lock, every point behind an `Arc`, and the set of visited points is a
 //! hash map. A search reads a few thousand links and vectors, so that indirection is most of its
-//! cost. After every change the links are copied here (four bytes each) and searches run over
-//! them and the index's own contiguous vectors, with a visited list reused between searches.
-//! The algorithm is the paper's (Malkov and Yashunin, 2018): greedy descent through the upper
-//! layers, then a best-first search of `ef` candidates in the bottom one.
+//! cost. After every change the links are copied here (four bytes each), with a visited list
+//! reused between searches. The algorithm is the paper's (Malkov and Yashunin, 2018): greedy
+//! descent through the upper layers, then a best-first search of `ef` candidates in the bottom
+//! one.
+//!
+//! A search waits on memory more than it computes, so each point's bottom-layer links and its
+//! vector, quantized to a byte per value ([`crate::quantized`]), share one block, as in
+//! hnswlib: the links of a point being expanded were loaded with its vector when its distance
+//! was computed. The walk's distances are approximate; the caller scores what it finds again
+//! with the full vectors.
 
 use std::cell::RefCell;
 use std::cmp::{Ordering, Reverse};
@@ -14,16 +20,24 @@ use std::collections::{BinaryHeap, HashMap};
 
 use hnsw_rs::prelude::Hnsw;
 
+use crate::quantized::{self, QuantizedQuery};
 use crate::vectors::UnitCosine;
 
 /// Marks the end of a point's bottom-layer list when it has fewer links than the widest.
 const NO_LINK: u32 = u32::MAX;
 
 pub(crate) struct FlatGraph {
-    /// Bottom-layer links, `width` slots per point (the point's slot number), `NO_LINK` after
-    /// the last.
-    bottom: Vec<u32>,
+    /// One block of `block` bytes per point: its bottom-layer links, `width` little-endian
+    /// `u32` slot numbers with `NO_LINK` after the last, then its quantized vector, `dimension`
+    /// bytes, then padding to whole cache lines.
+    blocks: Vec<u8>,
+    block: usize,
     width: usize,
+    dimension: usize,
+    /// Each point's quantization scale.
+    scales: Vec<f32>,
+    /// The mean of the points, subtracted before quantizing: see [`FlatGraph::from_hnsw`].
+    mean: Vec<f32>,
     /// Links above the bottom layer, for the few points that reach there: `[layer - 1]`.
     upper: HashMap<u32, Vec<Vec<u32>>>,
     /// Where searches start: a point of the top layer, and that layer.
@@ -59,15 +73,35 @@ thread_local! {
 
 impl FlatGraph {
     /// The graph of no points.
-    pub(crate) fn empty() -> FlatGraph {
-        FlatGraph { bottom: Vec::new(), width: 1, upper: HashMap::new(), entry: None }
+    pub(crate) fn empty(dimension: usize) -> FlatGraph {
+        FlatGraph {
+            blocks: Vec::new(),
+            block: 64,
+            width: 1,
+            dimension,
+            scales: Vec::new(),
+            mean: vec![0.0; dimension],
+            upper: HashMap::new(),
+            entry: None,
+        }
     }
 
-    /// Copies the links of `graph`, whose points' ids are their slot numbers `0..points`.
-    pub(crate) fn from_hnsw(graph: &Hnsw<'_, f32, UnitCosine>, points: usize) -> FlatGraph {
+    /// Copies the links of `graph`, whose points' ids are their slot numbers, and quantizes
+    /// the points' `vectors` (slot-major, `dimension` floats each).
+    ///
+    /// What is quantized is each vector less the points' mean. Encoders often put every text
+    /// in a narrow cone: vectors share a large common part and differ in small ones, which a
+    /// byte per value would round away. The query's dot product with the mean is the same for
+    /// every point, so it is added back once per search and the order is unchanged.
+    pub(crate) fn from_hnsw(
+        graph: &Hnsw<'_, f32, UnitCosine>,
+        vectors: &[f32],
+        dimension: usize,
+    ) -> FlatGraph {
+        let points = vectors.len() / dimension.max(1);
         // hnsw_rs's point iterator panics on a graph of no points.
         if points == 0 || graph.get_nb_point() == 0 {
-            return FlatGraph::empty();
+            return FlatGraph::empty(dimension);
         }
         let mut lists: Vec<Vec<Vec<u32>>> = vec![Vec::new(); points];
         let mut entry: Option<(u32, usize)> = None;
@@ -87,54 +121,106 @@ impl FlatGraph {
             }
         }
         let width = lists.iter().filter_map(|l| l.first()).map(Vec::len).max().unwrap_or(0).max(1);
-        let mut bottom = vec![NO_LINK; points * width];
+        let block = (4 * width + dimension).next_multiple_of(64);
+        let mut blocks = vec![0u8; points * block];
+        let mut scales = Vec::with_capacity(points);
         let mut upper = HashMap::new();
-        for (slot, mut layers) in lists.into_iter().enumerate() {
-            if layers.is_empty() {
-                continue;
+        let mut mean = vec![0f64; dimension];
+        for vector in vectors.chunks_exact(dimension) {
+            for (sum, &x) in mean.iter_mut().zip(vector) {
+                *sum += f64::from(x);
             }
-            for (i, &link) in layers[0].iter().enumerate() {
-                bottom[slot * width + i] = link;
+        }
+        let mean: Vec<f32> = mean.iter().map(|sum| (sum / points as f64) as f32).collect();
+        let mut codes = Vec::with_capacity(dimension);
+        let mut centred = vec![0f32; dimension];
+        for ((slot, mut layers), (vector, out)) in lists
+            .into_iter()
+            .enumerate()
+            .zip(vectors.chunks_exact(dimension).zip(blocks.chunks_exact_mut(block)))
+        {
+            let (links, rest) = out.split_at_mut(4 * width);
+            let bottom = layers.first().map_or(&[][..], Vec::as_slice);
+            for (i, link) in links.chunks_exact_mut(4).enumerate() {
+                link.copy_from_slice(&bottom.get(i).copied().unwrap_or(NO_LINK).to_le_bytes());
             }
+            codes.clear();
+            for ((c, &x), &m) in centred.iter_mut().zip(vector).zip(&mean) {
+                *c = x - m;
+            }
+            scales.push(quantized::quantize(&centred, &mut codes));
+            rest[..dimension].copy_from_slice(&codes);
             if layers.len() > 1 && layers[1..].iter().any(|l| !l.is_empty()) {
                 upper.insert(slot as u32, layers.split_off(1));
             }
         }
-        FlatGraph { bottom, width, upper, entry }
+        FlatGraph { blocks, block, width, dimension, scales, mean, upper, entry }
     }
 
-    fn links(&self, slot: u32, layer: usize) -> &[u32] {
-        if layer == 0 {
-            let list = &self.bottom[slot as usize * self.width..(slot as usize + 1) * self.width];
-            let end = list.iter().position(|&l| l == NO_LINK).unwrap_or(list.len());
-            &list[..end]
-        } else {
-            self.upper
-                .get(&slot)
-                .and_then(|layers| layers.get(layer - 1))
-                .map_or(&[], Vec::as_slice)
+    fn points(&self) -> usize {
+        self.scales.len()
+    }
+
+    fn block(&self, slot: u32) -> &[u8] {
+        &self.blocks[slot as usize * self.block..(slot as usize + 1) * self.block]
+    }
+
+    /// The bottom-layer links of `slot`, in order.
+    fn bottom_links(&self, slot: u32) -> impl Iterator<Item = u32> + '_ {
+        self.block(slot)[..4 * self.width]
+            .chunks_exact(4)
+            .map(|link| u32::from_le_bytes([link[0], link[1], link[2], link[3]]))
+            .take_while(|&link| link != NO_LINK)
+    }
+
+    /// The quantized vector of `slot`.
+    fn codes(&self, slot: u32) -> &[u8] {
+        &self.block(slot)[4 * self.width..4 * self.width + self.dimension]
+    }
+
+    fn upper_links(&self, slot: u32, layer: usize) -> &[u32] {
+        self.upper.get(&slot).and_then(|layers| layers.get(layer - 1)).map_or(&[], Vec::as_slice)
+    }
+
+    /// The approximate cosine distance of the query to `slot`, given the query's dot product
+    /// with the mean.
+    fn distance(&self, query: &QuantizedQuery, with_mean: f32, slot: u32) -> f32 {
+        1.0 - with_mean - query.dot(self.codes(slot), self.scales[slot as usize])
+    }
+
+    /// Asks the CPU to start loading the quantized vector of `slot`.
+    fn prefetch(&self, slot: u32) {
+        #[cfg(target_arch = "x86_64")]
+        for line in self.codes(slot).chunks(64) {
+            // SAFETY: a prefetch only hints at an address inside the slice; it cannot fault.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+            }
         }
     }
 
-    /// The up to `ef` points nearest to the query among those `accept` takes, nearest first.
-    /// `distance(slot)` is the query's distance to a point, and `prefetch(slot)` asks the CPU
-    /// to start loading that point's vector. Points `accept` refuses are still walked through,
+    /// The up to `ef` points nearest to `query` among those `accept` takes, by approximate
+    /// distance, nearest first: the caller scores them exactly, and with `ef` above the number
+    /// it wants, its nearest are among them. Points `accept` refuses are still walked through,
     /// so a filter narrows the answer without cutting the graph apart.
     pub(crate) fn search(
         &self,
         ef: usize,
-        distance: impl Fn(u32) -> f32,
-        prefetch: impl Fn(u32),
+        query: &[f32],
         accept: impl Fn(u32) -> bool,
-    ) -> Vec<(u32, f32)> {
+    ) -> Vec<u32> {
         let Some((entry, top)) = self.entry else { return Vec::new() };
         let ef = ef.max(1);
+        let with_mean: f32 = query.iter().zip(&self.mean).map(|(q, m)| q * m).sum();
+        let query = QuantizedQuery::new(query);
+        let distance = |slot: u32| self.distance(&query, with_mean, slot);
         let mut nearest = Candidate { distance: distance(entry), slot: entry };
         for layer in (1..=top).rev() {
             let mut improved = true;
             while improved {
                 improved = false;
-                for &link in self.links(nearest.slot, layer) {
+                for &link in self.upper_links(nearest.slot, layer) {
                     let candidate = Candidate { distance: distance(link), slot: link };
                     if candidate < nearest {
                         (nearest, improved) = (candidate, true);
@@ -145,7 +231,7 @@ impl FlatGraph {
 
         VISITED.with(|visited| {
             let (marks, stamp) = &mut *visited.borrow_mut();
-            let points = self.bottom.len() / self.width;
+            let points = self.points();
             if marks.len() < points || *stamp == u32::MAX {
                 *marks = vec![0; points];
                 *stamp = 0;
@@ -169,12 +255,12 @@ impl FlatGraph {
                 // All the new neighbours' vectors are requested from memory before the first
                 // distance is computed, so their loads overlap instead of queueing.
                 fresh.clear();
-                for &link in self.links(current.slot, 0) {
+                for link in self.bottom_links(current.slot) {
                     let mark = &mut marks[link as usize];
                     if *mark != stamp {
                         *mark = stamp;
                         fresh.push(link);
-                        prefetch(link);
+                        self.prefetch(link);
                     }
                 }
                 for &link in &fresh {
@@ -191,7 +277,7 @@ impl FlatGraph {
                     }
                 }
             }
-            found.into_sorted_vec().into_iter().map(|c| (c.slot, c.distance)).collect()
+            found.into_sorted_vec().into_iter().map(|c| c.slot).collect()
         })
     }
 }

@@ -12,6 +12,7 @@ mod error;
 mod files;
 mod flat_graph;
 mod manifest;
+mod quantized;
 mod snapshot;
 mod token_length;
 mod vectors;
