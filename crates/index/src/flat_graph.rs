@@ -20,7 +20,7 @@ use std::collections::{BinaryHeap, HashMap};
 
 use hnsw_rs::prelude::Hnsw;
 
-use crate::quantized::{self, QuantizedQuery};
+use crate::quantized::{QuantizedQuery, Quantizer};
 use crate::vectors::UnitCosine;
 
 /// Marks the end of a point's bottom-layer list when it has fewer links than the widest.
@@ -36,8 +36,7 @@ pub(crate) struct FlatGraph {
     dimension: usize,
     /// Each point's quantization scale.
     scales: Vec<f32>,
-    /// The mean of the points, subtracted before quantizing: see [`FlatGraph::from_hnsw`].
-    mean: Vec<f32>,
+    quantizer: Quantizer,
     /// Links above the bottom layer, for the few points that reach there: `[layer - 1]`.
     upper: HashMap<u32, Vec<Vec<u32>>>,
     /// Where searches start: a point of the top layer, and that layer.
@@ -80,7 +79,7 @@ impl FlatGraph {
             width: 1,
             dimension,
             scales: Vec::new(),
-            mean: vec![0.0; dimension],
+            quantizer: Quantizer::fit(&[], dimension),
             upper: HashMap::new(),
             entry: None,
         }
@@ -88,11 +87,6 @@ impl FlatGraph {
 
     /// Copies the links of `graph`, whose points' ids are their slot numbers, and quantizes
     /// the points' `vectors` (slot-major, `dimension` floats each).
-    ///
-    /// What is quantized is each vector less the points' mean. Encoders often put every text
-    /// in a narrow cone: vectors share a large common part and differ in small ones, which a
-    /// byte per value would round away. The query's dot product with the mean is the same for
-    /// every point, so it is added back once per search and the order is unchanged.
     pub(crate) fn from_hnsw(
         graph: &Hnsw<'_, f32, UnitCosine>,
         vectors: &[f32],
@@ -125,15 +119,7 @@ impl FlatGraph {
         let mut blocks = vec![0u8; points * block];
         let mut scales = Vec::with_capacity(points);
         let mut upper = HashMap::new();
-        let mut mean = vec![0f64; dimension];
-        for vector in vectors.chunks_exact(dimension) {
-            for (sum, &x) in mean.iter_mut().zip(vector) {
-                *sum += f64::from(x);
-            }
-        }
-        let mean: Vec<f32> = mean.iter().map(|sum| (sum / points as f64) as f32).collect();
-        let mut codes = Vec::with_capacity(dimension);
-        let mut centred = vec![0f32; dimension];
+        let quantizer = Quantizer::fit(vectors, dimension);
         for ((slot, mut layers), (vector, out)) in lists
             .into_iter()
             .enumerate()
@@ -144,17 +130,12 @@ impl FlatGraph {
             for (i, link) in links.chunks_exact_mut(4).enumerate() {
                 link.copy_from_slice(&bottom.get(i).copied().unwrap_or(NO_LINK).to_le_bytes());
             }
-            codes.clear();
-            for ((c, &x), &m) in centred.iter_mut().zip(vector).zip(&mean) {
-                *c = x - m;
-            }
-            scales.push(quantized::quantize(&centred, &mut codes));
-            rest[..dimension].copy_from_slice(&codes);
+            scales.push(quantizer.encode(vector, &mut rest[..dimension]));
             if layers.len() > 1 && layers[1..].iter().any(|l| !l.is_empty()) {
                 upper.insert(slot as u32, layers.split_off(1));
             }
         }
-        FlatGraph { blocks, block, width, dimension, scales, mean, upper, entry }
+        FlatGraph { blocks, block, width, dimension, scales, quantizer, upper, entry }
     }
 
     fn points(&self) -> usize {
@@ -182,10 +163,9 @@ impl FlatGraph {
         self.upper.get(&slot).and_then(|layers| layers.get(layer - 1)).map_or(&[], Vec::as_slice)
     }
 
-    /// The approximate cosine distance of the query to `slot`, given the query's dot product
-    /// with the mean.
-    fn distance(&self, query: &QuantizedQuery, with_mean: f32, slot: u32) -> f32 {
-        1.0 - with_mean - query.dot(self.codes(slot), self.scales[slot as usize])
+    /// The approximate cosine distance of the query to `slot`.
+    fn distance(&self, query: &QuantizedQuery, slot: u32) -> f32 {
+        1.0 - query.dot(self.codes(slot), self.scales[slot as usize])
     }
 
     /// Asks the CPU to start loading the quantized vector of `slot`.
@@ -212,9 +192,8 @@ impl FlatGraph {
     ) -> Vec<u32> {
         let Some((entry, top)) = self.entry else { return Vec::new() };
         let ef = ef.max(1);
-        let with_mean: f32 = query.iter().zip(&self.mean).map(|(q, m)| q * m).sum();
-        let query = QuantizedQuery::new(query);
-        let distance = |slot: u32| self.distance(&query, with_mean, slot);
+        let query = self.quantizer.query(query);
+        let distance = |slot: u32| self.distance(&query, slot);
         let mut nearest = Candidate { distance: distance(entry), slot: entry };
         for layer in (1..=top).rev() {
             let mut improved = true;

@@ -591,18 +591,22 @@ mod tests {
         neighbours.iter().map(|n| n.id.as_str()).collect()
     }
 
+    /// The share of each query's exact top 10 that the graph search at `ef` returns.
+    fn recall_at_10(index: &VectorIndex, queries: &[Vec<f32>], ef: usize) -> f64 {
+        let mut found = 0;
+        for query in queries {
+            let exact = index.exact_nearest(query, 10);
+            let approximate = index.nearest(query, 10, ef, None);
+            found += ids(&approximate).iter().filter(|id| ids(&exact).contains(id)).count();
+        }
+        found as f64 / (10 * queries.len()) as f64
+    }
+
     #[test]
     fn hnsw_finds_what_exact_search_finds() {
         let vectors = unit_vectors(2000, 1);
         let index = index_of(&vectors);
-        let queries = unit_vectors(100, 2);
-        let mut found = 0;
-        for query in &queries {
-            let exact = index.exact_nearest(query, 10);
-            let approximate = index.nearest(query, 10, HnswSettings::default().ef_search, None);
-            found += ids(&approximate).iter().filter(|id| ids(&exact).contains(id)).count();
-        }
-        let recall = found as f64 / 1000.0;
+        let recall = recall_at_10(&index, &unit_vectors(100, 2), HnswSettings::default().ef_search);
         assert!(recall >= 0.95, "recall@10 {recall}");
         // A stored vector is its own nearest neighbour, at similarity 1.
         let nearest = index.nearest(&vectors[7], 1, 50, None);
@@ -632,13 +636,7 @@ mod tests {
                 .collect()
         };
         let index = index_of(&cone(unit_vectors(2000, 11)));
-        let mut found = 0;
-        for query in &cone(unit_vectors(100, 12)) {
-            let exact = index.exact_nearest(query, 10);
-            let approximate = index.nearest(query, 10, 20, None);
-            found += ids(&approximate).iter().filter(|id| ids(&exact).contains(id)).count();
-        }
-        let recall = found as f64 / 1000.0;
+        let recall = recall_at_10(&index, &cone(unit_vectors(100, 12)), 20);
         assert!(recall >= 0.55, "recall@10 {recall}");
     }
 
