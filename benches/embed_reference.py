@@ -1,11 +1,12 @@
 """sentence-transformers embedding the same documents as Cloze, for benches/embed_reference.rs.
 
 Usage: python embed_reference.py MODEL_DIR TEXTS_JSONL OUT_VECTORS_F32
-Prints one JSON line: documents/s (median of the timed passes) and the settings used.
+Prints one JSON line of the settings used once the model is loaded and warm, then, for each
+line read from standard input, embeds every text, writes the vectors and prints one JSON
+line with the pass's seconds: the Rust side takes turns with it.
 """
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -25,15 +26,14 @@ settings = os.path.join(model_dir, "sentence_bert_config.json")
 if not os.path.exists(os.path.join(model_dir, "modules.json")) and os.path.exists(settings):
     model.max_seq_length = json.load(open(settings))["max_seq_length"]
 model.encode(texts[:64], batch_size=32)  # warm-up
-rates = []
-for _ in range(int(os.environ.get("CLOZE_PASSES", "1"))):
-    started = time.perf_counter()
-    vectors = model.encode(texts, batch_size=32, normalize_embeddings=True)
-    rates.append(len(texts) / (time.perf_counter() - started))
-np.asarray(vectors, dtype="<f4").tofile(out_file)
 print(json.dumps({
-    "documents_per_second": statistics.median(rates),
     "max_seq_length": model.max_seq_length,
     "threads": torch.get_num_threads(),
     "torch": torch.__version__,
-}))
+}), flush=True)
+for _ in sys.stdin:
+    started = time.perf_counter()
+    vectors = model.encode(texts, batch_size=32, normalize_embeddings=True)
+    seconds = time.perf_counter() - started
+    np.asarray(vectors, dtype="<f4").tofile(out_file)
+    print(json.dumps({"seconds": seconds}), flush=True)

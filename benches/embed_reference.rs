@@ -3,23 +3,27 @@
 //! `CLOZE_PEER_PYTHON=PYTHON cargo bench -p cloze-benches --bench embed_reference -- MODEL_DIR
 //! COLLECTION [LIMIT]` takes the first LIMIT documents (default all) of a shared collection,
 //! and, in one run on this machine:
-//! - embeds them with Cloze's encoder (documents/s, embedding only);
+//! - embeds them with Cloze's encoder and has sentence-transformers (PyTorch,
+//!   `embed_reference.py`) embed the same texts with the same model, batch 32, 2 threads,
+//!   taking turns, [`REPETITIONS`] times each (documents/s: the median), and compares the
+//!   vectors;
 //! - indexes them into a fresh collection with that model, as `cloze index --model` does
-//!   (documents/s end to end: read, embed, tantivy, HNSW, commit);
-//! - has sentence-transformers (PyTorch, `embed_reference.py`) embed the same texts with the
-//!   same model, batch 32, 2 threads, and compares the vectors.
+//!   (documents/s end to end: read, embed, tantivy, HNSW, commit).
 //!
 //! The Python side needs `torch` and `sentence-transformers`: set `CLOZE_PEER_PYTHON` to an
 //! interpreter that has them (default `python3`).
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
 use cloze_corpus::{DocumentReader, FieldMapping};
 use cloze_index::{AnalyzerSettings, DataDir, Encoder, HnswSettings, SemanticSettings};
-use cloze_tests::beir_collection;
+use cloze_tests::{beir_collection, median};
+
+/// Passes each side makes over the texts. The two take turns, so a slow spell of the machine
+/// (runs of the same code vary by a third here) falls on both.
+const REPETITIONS: usize = 3;
 
 fn main() {
     cloze_mlm::allocator::reuse_freed_memory();
@@ -47,15 +51,36 @@ fn main() {
         texts.iter().map(|t| tokenizer.encode(t.as_str(), true).unwrap().len().min(max_len)).sum()
     };
 
-    let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    // A warm-up on the first 64 texts (allocator, caches), as the Python side does.
-    encoder.encode(&text_refs[..text_refs.len().min(64)]).unwrap();
-    let started = Instant::now();
-    let ours: Vec<Vec<f32>> =
-        text_refs.chunks(512).flat_map(|chunk| encoder.encode(chunk).unwrap()).collect();
-    let embed_rate = texts.len() as f64 / started.elapsed().as_secs_f64();
-
     let dir = tempfile::tempdir().unwrap();
+    let texts_file = dir.path().join("texts.jsonl");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&texts_file).unwrap());
+    for text in &texts {
+        writeln!(out, "{}", serde_json::json!({ "text": text })).unwrap();
+    }
+    drop(out);
+    let vectors_file = dir.path().join("reference.f32");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("embed_reference.py");
+    let mut peer = cloze_tests::Peer::spawn(
+        &script,
+        &[model_dir.as_os_str(), texts_file.as_os_str(), vectors_file.as_os_str()],
+    );
+    // Loaded and warmed up (on the first 64 texts, as here).
+    let reference = peer.read();
+
+    let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    encoder.encode(&text_refs[..text_refs.len().min(64)]).unwrap();
+    let (mut our_seconds, mut peer_seconds) = (Vec::new(), Vec::new());
+    let mut ours: Vec<Vec<f32>> = Vec::new();
+    for _ in 0..REPETITIONS {
+        let started = Instant::now();
+        ours = text_refs.chunks(512).flat_map(|chunk| encoder.encode(chunk).unwrap()).collect();
+        our_seconds.push(started.elapsed().as_secs_f64());
+        peer_seconds.push(peer.ask("pass")["seconds"].as_f64().unwrap());
+    }
+    peer.finish();
+    let embed_rate = texts.len() as f64 / median(&mut our_seconds.clone());
+    let reference_rate = texts.len() as f64 / median(&mut peer_seconds.clone());
+
     let semantic = SemanticSettings {
         model: encoder.record().clone(),
         window_overlap: None,
@@ -69,28 +94,6 @@ fn main() {
     collection.ingest(documents.into_iter().map(Ok::<_, cloze_index::IndexError>), || {}).unwrap();
     let index_rate = texts.len() as f64 / started.elapsed().as_secs_f64();
 
-    let texts_file = dir.path().join("texts.jsonl");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&texts_file).unwrap());
-    for text in &texts {
-        writeln!(out, "{}", serde_json::json!({ "text": text })).unwrap();
-    }
-    drop(out);
-    let vectors_file = dir.path().join("reference.f32");
-    let python = cloze_tests::peer_python();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("embed_reference.py");
-    let output = Command::new(&python)
-        .arg(script)
-        .arg(model_dir)
-        .arg(&texts_file)
-        .arg(&vectors_file)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{python} embed_reference.py failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let reference: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let theirs: Vec<f32> = std::fs::read(&vectors_file)
         .unwrap()
         .chunks_exact(4)
@@ -103,7 +106,6 @@ fn main() {
         .map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum())
         .collect();
     let lowest = cosines.iter().copied().fold(f32::INFINITY, f32::min);
-    let reference_rate = reference["documents_per_second"].as_f64().unwrap();
 
     println!(
         "{name}: {} documents, {:.0} tokens each on average (max_len {max_len}; \
@@ -131,7 +133,9 @@ fn main() {
         &serde_json::json!({"bench": "embed_reference", "collection": name,
             "documents": texts.len(), "model": model, "model_dir": model_dir,
             "cloze_embed_per_s": embed_rate, "cloze_index_per_s": index_rate,
-            "reference": reference, "ratio": embed_rate / reference_rate,
+            "reference": reference, "reference_per_s": reference_rate,
+            "cloze_seconds": our_seconds, "reference_seconds": peer_seconds,
+            "repetitions": REPETITIONS, "ratio": embed_rate / reference_rate,
             "lowest_cosine": lowest}),
     );
 }

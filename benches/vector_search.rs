@@ -20,7 +20,6 @@
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use cloze_index::{HnswSettings, VectorIndex};
@@ -117,20 +116,8 @@ fn main() {
     });
     std::fs::write(work.join("request.json"), request.to_string()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("vector_search_hnswlib.py");
-    let mut peer = Command::new(cloze_tests::peer_python())
-        .arg(&script)
-        .arg(&work)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut to_peer = peer.stdin.take().unwrap();
-    let mut from_peer = std::io::BufReader::new(peer.stdout.take().unwrap()).lines();
-    let mut peer_line = || -> Value {
-        let line = from_peer.next().expect("hnswlib's side ended early").unwrap();
-        serde_json::from_str(&line).unwrap()
-    };
-    let built = peer_line();
+    let mut peer = cloze_tests::Peer::spawn(&script, &[work.as_os_str()]);
+    let built = peer.read();
     let peer_build = built["build_seconds"].as_f64().unwrap();
 
     // The two sides take turns at each ef_search, repetition after repetition, so a slow
@@ -153,14 +140,12 @@ fn main() {
             });
             our_seconds[i].push(started.elapsed().as_secs_f64());
             our_recall[i] = recall(&found);
-            writeln!(to_peer, "{ef}").unwrap();
-            let answer = peer_line();
+            let answer = peer.ask(&ef.to_string());
             peer_seconds[i].push(answer["seconds"].as_f64().unwrap());
             peer_recall[i] = answer["recall"].as_f64().unwrap();
         }
     }
-    drop(to_peer);
-    assert!(peer.wait().unwrap().success(), "hnswlib's side failed");
+    peer.finish();
     // (ef_search, recall, queries/s of the median repetition) for one side.
     let curve = |seconds: &mut [Vec<f64>], recalls: &[f64]| -> Vec<(usize, f64, f64)> {
         EF_SEARCH

@@ -148,3 +148,52 @@ pub fn save_bench_result(name: &str, result: &serde_json::Value) {
 pub fn peer_python() -> String {
     std::env::var("CLOZE_PEER_PYTHON").unwrap_or_else(|_| "python3".to_string())
 }
+
+/// A peer's Python script (under `benches/`) run beside a benchmark, taking turns with it:
+/// the script prints one JSON line when it is ready, then answers each line it reads with one
+/// JSON line, so a slow spell of the machine falls on both sides.
+pub struct Peer {
+    name: String,
+    child: std::process::Child,
+    to_peer: std::process::ChildStdin,
+    from_peer: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl Peer {
+    /// Starts `script` with `args` under [`peer_python`].
+    pub fn spawn(script: &Path, args: &[&std::ffi::OsStr]) -> Peer {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(peer_python())
+            .arg(script)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{} {}: {e}", peer_python(), script.display()));
+        let to_peer = child.stdin.take().unwrap();
+        let from_peer = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let name = script.file_name().map_or(String::new(), |n| n.to_string_lossy().into_owned());
+        Peer { name, child, to_peer, from_peer }
+    }
+
+    /// The next JSON line the script prints.
+    pub fn read(&mut self) -> serde_json::Value {
+        let line = self.from_peer.next().unwrap_or_else(|| panic!("{} ended early", self.name));
+        serde_json::from_str(&line.unwrap()).unwrap()
+    }
+
+    /// Sends `line`, and returns the script's answer.
+    pub fn ask(&mut self, line: &str) -> serde_json::Value {
+        use std::io::Write;
+        writeln!(self.to_peer, "{line}").unwrap();
+        self.read()
+    }
+
+    /// Closes the script's input and checks that it ended well.
+    pub fn finish(self) {
+        let Peer { name, mut child, to_peer, .. } = self;
+        drop(to_peer);
+        assert!(child.wait().unwrap().success(), "{name} failed");
+    }
+}

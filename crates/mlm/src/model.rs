@@ -166,9 +166,9 @@ impl Linear {
         let mut dims = xs.dims().to_vec();
         let inputs = dims.pop().unwrap_or(0);
         let rows = dims.iter().product::<usize>();
-        let product = xs.reshape((rows, inputs))?.matmul(&self.weight.t()?)?;
+        let product = kernels::linear(&xs.reshape((rows, inputs))?, &self.weight, &self.bias)?;
         dims.push(product.dim(1)?);
-        kernels::add_bias(&product, &self.bias)?.reshape(dims)
+        product.reshape(dims)
     }
 }
 
@@ -229,7 +229,6 @@ struct Layer {
     output: Linear,
     output_norm: LayerNorm,
     heads: usize,
-    head_size: usize,
 }
 
 impl Layer {
@@ -280,14 +279,7 @@ impl Layer {
             output: Linear::new(source, &format!("{prefix}.output.dense"), inner, hidden, config)?,
             output_norm: LayerNorm::new(source, &format!("{prefix}.output.LayerNorm"), config)?,
             heads: config.num_attention_heads,
-            head_size: config.head_size(),
         })
-    }
-
-    /// `[batch, length, hidden]` to `[batch, heads, length, head_size]`.
-    fn split_heads(&self, xs: &Tensor) -> Result<Tensor> {
-        let (batch, length, _) = xs.dims3()?;
-        xs.reshape((batch, length, self.heads, self.head_size))?.transpose(1, 2)?.contiguous()
     }
 
     fn forward(
@@ -297,17 +289,18 @@ impl Layer {
         config: &BertConfig,
         mut rng: Option<&mut ChaCha8Rng>,
     ) -> Result<Tensor> {
-        let (batch, length, hidden) = xs.dims3()?;
-        let query = self.split_heads(&self.query.forward(xs)?)?;
-        let key = self.split_heads(&self.key.forward(xs)?)?;
-        let value = self.split_heads(&self.value.forward(xs)?)?;
-        let scores = query.matmul(&key.t()?)?;
-        let scale = 1.0 / (self.head_size as f64).sqrt();
-        let probabilities = kernels::attention_probabilities(&scores, attention_bias, scale)?;
-        let probabilities =
-            dropout(&probabilities, config.attention_probs_dropout_prob, rng.as_deref_mut())?;
-        let context =
-            probabilities.matmul(&value)?.transpose(1, 2)?.reshape((batch, length, hidden))?;
+        let query = self.query.forward(xs)?;
+        let key = self.key.forward(xs)?;
+        let value = self.value.forward(xs)?;
+        let context = match rng.as_deref_mut() {
+            // Dropout on the attention weights needs them as a tensor.
+            Some(rng) if config.attention_probs_dropout_prob > 0.0 => {
+                kernels::unfused_attention(&query, &key, &value, attention_bias, self.heads, |p| {
+                    dropout(&p, config.attention_probs_dropout_prob, Some(rng))
+                })?
+            }
+            _ => kernels::attention(&query, &key, &value, attention_bias, self.heads)?,
+        };
         let attended = dropout(
             &self.attention_output.forward(&context)?,
             config.hidden_dropout_prob,
@@ -426,6 +419,6 @@ impl BertForMaskedLm {
     pub fn mlm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let transformed =
             self.head.norm.forward(&kernels::gelu(&self.head.transform.forward(hidden)?)?)?;
-        transformed.matmul(&self.embeddings.word.t()?)?.broadcast_add(&self.head.bias)
+        kernels::linear(&transformed, &self.embeddings.word, &self.head.bias)
     }
 }
