@@ -238,14 +238,10 @@ impl CustomOp2 for AttentionSoftmax {
             keys,
             #[inline(always)]
             |i, out_row| {
-                let bias_row = row(bias_values, keys, i / rows_per_batch);
-                for ((o, &s), &b) in
-                    out_row.iter_mut().zip(row(scores_values, keys, i)).zip(bias_row)
-                {
-                    *o = s * self.scale + b;
+                for (o, &s) in out_row.iter_mut().zip(row(scores_values, keys, i)) {
+                    *o = s * self.scale;
                 }
-                let max = lane_max(out_row);
-                normalise_exp(out_row, max);
+                softmax_with_bias(out_row, row(bias_values, keys, i / rows_per_batch));
             },
         );
         Ok((CpuStorage::F32(out), scores_layout.shape().clone()))
@@ -262,6 +258,17 @@ impl CustomOp2 for AttentionSoftmax {
             .apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxBackward { scale: self.scale })?;
         Ok((Some(grad), None))
     }
+}
+
+/// One row of attention weights from its scaled scores: adds the padding mask's `bias`, then
+/// normalises.
+#[inline(always)]
+fn softmax_with_bias(row: &mut [f32], bias: &[f32]) {
+    for (score, &b) in row.iter_mut().zip(bias) {
+        *score += b;
+    }
+    let max = lane_max(row);
+    normalise_exp(row, max);
 }
 
 /// Replaces each value by `exp(value - max)`, then divides by their sum.
@@ -354,7 +361,6 @@ pub(crate) fn attention(
             bias.dims()
         );
     }
-    let scale = 1.0 / ((hidden / heads) as f64).sqrt();
     if !fused(query) {
         return unfused_attention(query, key, value, bias, heads, Ok);
     }
@@ -362,7 +368,7 @@ pub(crate) fn attention(
         key_bias: bias.flatten_all()?.to_vec1::<f32>()?,
         bias: bias.clone(),
         heads,
-        scale: scale as f32,
+        scale: attention_scale(hidden, heads) as f32,
     };
     query.contiguous()?.apply_op3(&key.contiguous()?, &value.contiguous()?, op)
 }
@@ -378,12 +384,17 @@ pub(crate) fn unfused_attention(
     on_probabilities: impl FnOnce(Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let (batch, length, hidden) = query.dims3()?;
-    let scale = 1.0 / ((hidden / heads) as f64).sqrt();
+    let scale = attention_scale(hidden, heads);
     let (query, key, value) =
         (split_heads(query, heads)?, split_heads(key, heads)?, split_heads(value, heads)?);
     let probabilities = attention_probabilities(&query.matmul(&key.t()?)?, bias, scale)?;
     let probabilities = on_probabilities(probabilities)?;
     probabilities.matmul(&value)?.transpose(1, 2)?.reshape((batch, length, hidden))
+}
+
+/// What scores are scaled by: one over the square root of a head's width.
+fn attention_scale(hidden: usize, heads: usize) -> f64 {
+    1.0 / ((hidden / heads) as f64).sqrt()
 }
 
 /// `[batch, length, hidden]` to `[batch, heads, length, hidden / heads]`.
@@ -457,16 +468,6 @@ fn multiply(
         "matrix product outside its buffers"
     );
     if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if accumulate == Accumulate::Overwrite {
-            for i in 0..m {
-                for j in 0..n {
-                    out[out_at.offset + i * out_at.row_stride + j * out_at.column_stride] = 0.0;
-                }
-            }
-        }
         return;
     }
     let threads = rayon::current_num_threads();
@@ -562,11 +563,7 @@ impl CustomOp3 for FusedAttention {
                         #[inline(always)]
                         || {
                             for row in scores.chunks_exact_mut(keys) {
-                                for (score, &bias) in row.iter_mut().zip(key_bias) {
-                                    *score += bias;
-                                }
-                                let max = lane_max(row);
-                                normalise_exp(row, max);
+                                softmax_with_bias(row, key_bias);
                             }
                         },
                     );
