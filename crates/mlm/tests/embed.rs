@@ -72,3 +72,27 @@ fn long_texts_use_the_sentence_transformers_length_not_the_tokenizer_file() {
         Embedder::load(&minilm_dir(), &Device::Cpu).unwrap().with_pooling(Pooling::Cls).unwrap();
     assert_ne!(cls.embed(&["a cat"]).unwrap(), embedder.embed(&["a cat"]).unwrap());
 }
+
+#[test]
+fn batches_embedded_side_by_side_give_each_text_its_own_vector_in_order() {
+    let embedder = Embedder::load(&minilm_dir(), &Device::Cpu).unwrap().with_batch_size(2);
+    let texts: Vec<String> = (0..9)
+        .map(|i| format!("text {i} about {}", "vitamin D and bone fractures ".repeat(i % 4)))
+        .collect();
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    // Three workers whatever the machine has, so that batches really are embedded at once.
+    let together = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap().install(|| {
+        embedder
+            .embed_reporting(&texts, &|n| {
+                done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            })
+            .unwrap()
+    });
+    assert_eq!(done.into_inner(), texts.len(), "progress counts every text once");
+    for (text, vector) in texts.iter().zip(&together) {
+        let alone = &embedder.embed(&[text]).unwrap()[0];
+        let largest = vector.iter().zip(alone).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(largest < 1e-5, "{text:?}: {largest} from its vector alone");
+    }
+}

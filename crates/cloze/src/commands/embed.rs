@@ -52,7 +52,7 @@ enum PoolingArg {
 }
 
 pub fn run(args: EmbedArgs) -> Result<()> {
-    let mut embedder = Embedder::load(&args.model, &Device::Cpu)?;
+    let mut embedder = Embedder::load(&args.model, &Device::Cpu)?.with_batch_size(args.batch_size);
     if let Some(pooling) = args.pooling {
         embedder = embedder.with_pooling(match pooling {
             PoolingArg::Mean => Pooling::Mean,
@@ -63,18 +63,9 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     let documents = DocumentReader::open(&args.input, args.fields.mapping()?)?
         .collect::<Result<Vec<_>, _>>()?;
     let texts: Vec<String> = documents.iter().map(|d| d.searchable_text()).collect();
-    let mut order: Vec<usize> = (0..texts.len()).collect();
-    order.sort_by_key(|i| texts[*i].len());
-
     let progress = progress::bar(texts.len() as u64, "documents");
-    let mut vectors: Vec<Vec<f32>> = vec![Vec::new(); texts.len()];
-    for batch in order.chunks(args.batch_size.max(1)) {
-        let batch_texts: Vec<&str> = batch.iter().map(|i| texts[*i].as_str()).collect();
-        for (index, vector) in batch.iter().zip(embedder.embed(&batch_texts)?) {
-            vectors[*index] = vector;
-        }
-        progress.inc(batch.len() as u64);
-    }
+    let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let vectors = embedder.embed_reporting(&text_refs, &|n| progress.inc(n as u64))?;
     progress.finish_and_clear();
 
     let mut out: Box<dyn Write> = match &args.output {
