@@ -23,14 +23,18 @@ use hnsw_rs::prelude::Hnsw;
 use crate::quantized::{QuantizedQuery, Quantizer};
 use crate::vectors::UnitCosine;
 
+const CACHE_LINE: usize = 64;
+
 /// Marks the end of a point's bottom-layer list when it has fewer links than the widest.
 const NO_LINK: u32 = u32::MAX;
 
 pub(crate) struct FlatGraph {
     /// One block of `block` bytes per point: its bottom-layer links, `width` little-endian
     /// `u32` slot numbers with `NO_LINK` after the last, then its quantized vector, `dimension`
-    /// bytes, then padding to whole cache lines.
+    /// bytes, then padding to whole cache lines. The first block starts at `start`, the first
+    /// cache-line boundary: a block that straddled one more line would cost one more load.
     blocks: Vec<u8>,
+    start: usize,
     block: usize,
     width: usize,
     dimension: usize,
@@ -41,6 +45,24 @@ pub(crate) struct FlatGraph {
     upper: HashMap<u32, Vec<Vec<u32>>>,
     /// Where searches start: a point of the top layer, and that layer.
     entry: Option<(u32, usize)>,
+}
+
+/// Asks the CPU to start loading `values` into its cache, so that the loads of several
+/// far-apart places overlap instead of queueing.
+#[inline(always)]
+pub(crate) fn prefetch<T>(values: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let first = values.as_ptr() as usize & !(CACHE_LINE - 1);
+        let end = values.as_ptr() as usize + std::mem::size_of_val(values);
+        for line in (first..end).step_by(CACHE_LINE) {
+            // SAFETY: a prefetch only hints at an address; it cannot fault.
+            unsafe {
+                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+                _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
+            }
+        }
+    }
 }
 
 /// A point and its distance to the query, ordered by distance (then slot, for determinism).
@@ -64,10 +86,24 @@ impl Ord for Candidate {
     }
 }
 
+/// What a search needs besides the graph, kept per thread so that a search allocates only its
+/// answer.
+#[derive(Default)]
+struct Scratch {
+    /// The search number each slot was last visited in; bumping `stamp` forgets every visit
+    /// without clearing the list.
+    marks: Vec<u32>,
+    stamp: u32,
+    /// Points to expand, nearest first.
+    frontier: BinaryHeap<Reverse<Candidate>>,
+    /// The accepted points nearest so far, farthest first, at most `ef`.
+    found: BinaryHeap<Candidate>,
+    /// The links of the point being expanded that were not visited yet.
+    fresh: Vec<u32>,
+}
+
 thread_local! {
-    /// Per thread: the search number each slot was last visited in, and the current number.
-    /// Bumping the number forgets every visit without clearing the list.
-    static VISITED: RefCell<(Vec<u32>, u32)> = const { RefCell::new((Vec::new(), 0)) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 impl FlatGraph {
@@ -75,6 +111,7 @@ impl FlatGraph {
     pub(crate) fn empty(dimension: usize) -> FlatGraph {
         FlatGraph {
             blocks: Vec::new(),
+            start: 0,
             block: 64,
             width: 1,
             dimension,
@@ -115,15 +152,16 @@ impl FlatGraph {
             }
         }
         let width = lists.iter().filter_map(|l| l.first()).map(Vec::len).max().unwrap_or(0).max(1);
-        let block = (4 * width + dimension).next_multiple_of(64);
-        let mut blocks = vec![0u8; points * block];
+        let block = (4 * width + dimension).next_multiple_of(CACHE_LINE);
+        let mut blocks = vec![0u8; points * block + CACHE_LINE - 1];
+        let start = blocks.as_ptr().align_offset(CACHE_LINE);
         let mut scales = Vec::with_capacity(points);
         let mut upper = HashMap::new();
         let quantizer = Quantizer::fit(vectors, dimension);
         for ((slot, mut layers), (vector, out)) in lists
             .into_iter()
             .enumerate()
-            .zip(vectors.chunks_exact(dimension).zip(blocks.chunks_exact_mut(block)))
+            .zip(vectors.chunks_exact(dimension).zip(blocks[start..].chunks_exact_mut(block)))
         {
             let (links, rest) = out.split_at_mut(4 * width);
             let bottom = layers.first().map_or(&[][..], Vec::as_slice);
@@ -135,18 +173,21 @@ impl FlatGraph {
                 upper.insert(slot as u32, layers.split_off(1));
             }
         }
-        FlatGraph { blocks, block, width, dimension, scales, quantizer, upper, entry }
+        FlatGraph { blocks, start, block, width, dimension, scales, quantizer, upper, entry }
     }
 
     fn points(&self) -> usize {
         self.scales.len()
     }
 
+    #[inline(always)]
     fn block(&self, slot: u32) -> &[u8] {
-        &self.blocks[slot as usize * self.block..(slot as usize + 1) * self.block]
+        let at = self.start + slot as usize * self.block;
+        &self.blocks[at..at + self.block]
     }
 
     /// The bottom-layer links of `slot`, in order.
+    #[inline(always)]
     fn bottom_links(&self, slot: u32) -> impl Iterator<Item = u32> + '_ {
         self.block(slot)[..4 * self.width]
             .chunks_exact(4)
@@ -155,6 +196,7 @@ impl FlatGraph {
     }
 
     /// The quantized vector of `slot`.
+    #[inline(always)]
     fn codes(&self, slot: u32) -> &[u8] {
         &self.block(slot)[4 * self.width..4 * self.width + self.dimension]
     }
@@ -164,20 +206,15 @@ impl FlatGraph {
     }
 
     /// The approximate cosine distance of the query to `slot`.
+    #[inline(always)]
     fn distance(&self, query: &QuantizedQuery, slot: u32) -> f32 {
         1.0 - query.dot(self.codes(slot), self.scales[slot as usize])
     }
 
     /// Asks the CPU to start loading the quantized vector of `slot`.
+    #[inline(always)]
     fn prefetch(&self, slot: u32) {
-        #[cfg(target_arch = "x86_64")]
-        for line in self.codes(slot).chunks(64) {
-            // SAFETY: a prefetch only hints at an address inside the slice; it cannot fault.
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
-            }
-        }
+        prefetch(self.codes(slot));
     }
 
     /// The up to `ef` points nearest to `query` among those `accept` takes, by approximate
@@ -190,6 +227,24 @@ impl FlatGraph {
         query: &[f32],
         accept: impl Fn(u32) -> bool,
     ) -> Vec<u32> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has the feature the function is compiled for.
+            return unsafe { self.search_avx2(ef, query, accept) };
+        }
+        self.walk(ef, query, accept)
+    }
+
+    /// [`Self::walk`] compiled for AVX2, so that the byte dot product is part of the loop
+    /// rather than a call per vector.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn search_avx2(&self, ef: usize, query: &[f32], accept: impl Fn(u32) -> bool) -> Vec<u32> {
+        self.walk(ef, query, accept)
+    }
+
+    #[inline(always)]
+    fn walk(&self, ef: usize, query: &[f32], accept: impl Fn(u32) -> bool) -> Vec<u32> {
         let Some((entry, top)) = self.entry else { return Vec::new() };
         let ef = ef.max(1);
         let query = self.quantizer.query(query);
@@ -208,8 +263,8 @@ impl FlatGraph {
             }
         }
 
-        VISITED.with(|visited| {
-            let (marks, stamp) = &mut *visited.borrow_mut();
+        SCRATCH.with(|scratch| {
+            let Scratch { marks, stamp, frontier, found, fresh } = &mut *scratch.borrow_mut();
             let points = self.points();
             if marks.len() < points || *stamp == u32::MAX {
                 *marks = vec![0; points];
@@ -219,17 +274,20 @@ impl FlatGraph {
             let stamp = *stamp;
             marks[nearest.slot as usize] = stamp;
 
-            // `frontier`: nearest first; `found`: farthest first, at most `ef`, accepted only.
-            let mut frontier = BinaryHeap::from([Reverse(nearest)]);
-            let mut found = BinaryHeap::with_capacity(ef + 1);
+            frontier.clear();
+            found.clear();
+            frontier.push(Reverse(nearest));
             if accept(nearest.slot) {
                 found.push(nearest);
             }
-            // The links of the point being expanded that were not visited yet.
-            let mut fresh = Vec::with_capacity(self.width);
             while let Some(Reverse(current)) = frontier.pop() {
                 if found.len() >= ef && found.peek().is_some_and(|worst| current > *worst) {
                     break;
+                }
+                // The next point to expand is most likely the nearest left: its links load
+                // while this one's neighbours are scored.
+                if let Some(Reverse(next)) = frontier.peek() {
+                    prefetch(&self.block(next.slot)[..4 * self.width]);
                 }
                 // All the new neighbours' vectors are requested from memory before the first
                 // distance is computed, so their loads overlap instead of queueing.
@@ -242,7 +300,7 @@ impl FlatGraph {
                         self.prefetch(link);
                     }
                 }
-                for &link in &fresh {
+                for &link in fresh.iter() {
                     let candidate = Candidate { distance: distance(link), slot: link };
                     let full = found.len() >= ef;
                     if !full || found.peek().is_some_and(|worst| candidate < *worst) {
@@ -256,7 +314,9 @@ impl FlatGraph {
                     }
                 }
             }
-            found.into_sorted_vec().into_iter().map(|c| c.slot).collect()
+            let mut nearest_first: Vec<Candidate> = found.drain().collect();
+            nearest_first.sort_unstable();
+            nearest_first.into_iter().map(|c| c.slot).collect()
         })
     }
 }

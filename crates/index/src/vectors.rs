@@ -28,7 +28,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::IndexError;
 use crate::files::{io_error, read_all, remove_dir, sync_dir, write_synced};
-use crate::flat_graph::FlatGraph;
+use crate::flat_graph::{prefetch, FlatGraph};
 use crate::manifest::HnswSettings;
 
 pub(crate) const VECTORS_DIR: &str = "vectors";
@@ -295,6 +295,9 @@ impl VectorIndex {
         loop {
             // The walk's distances are approximate: what it found is scored with the full vectors.
             let found = self.flat.search(ef.max(wanted), query, accept);
+            for &slot in &found {
+                prefetch(self.vector(slot as usize));
+            }
             let neighbours =
                 self.exact_among(query, found.into_iter().map(|slot| slot as usize), limit);
             if neighbours.len() >= limit || wanted == live {
@@ -351,10 +354,8 @@ impl VectorIndex {
     ) -> Vec<Neighbour> {
         let mut scored: Vec<(usize, f32)> =
             slots.map(|slot| (slot, dot(query, self.vector(slot)))).collect();
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let mut neighbours = best_per_document(scored.into_iter(), &self.owners);
-        neighbours.truncate(limit);
-        neighbours
+        scored.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        best_per_document(scored.into_iter(), &self.owners, limit)
     }
 
     /// Writes this index as generation `generation` under `vectors_dir`, durably.
@@ -488,14 +489,18 @@ impl VectorIndex {
     }
 }
 
-/// Keeps the first (best) score of each document, in the order given.
+/// Keeps the first (best) score of each document, in the order given, until there are
+/// `limit`: a search scores a few hundred slots for ten documents, and naming every one of
+/// them (an id copied per slot) cost more than finding them.
 fn best_per_document(
     scored_slots: impl Iterator<Item = (usize, f32)>,
     owners: &[String],
+    limit: usize,
 ) -> Vec<Neighbour> {
     let mut seen = std::collections::HashSet::new();
     scored_slots
         .filter(|(slot, _)| seen.insert(owners[*slot].as_str()))
+        .take(limit)
         .map(|(slot, similarity)| Neighbour { id: owners[slot].clone(), similarity })
         .collect()
 }
