@@ -27,7 +27,7 @@ use cloze_tests::median;
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
-const EF_SEARCH: [usize; 9] = [10, 16, 24, 32, 48, 64, 100, 200, 400];
+const EF_SEARCH: [usize; 10] = [10, 16, 24, 32, 48, 64, 100, 200, 400, 800];
 const K: usize = 10;
 const REPETITIONS: usize = 5;
 const TARGETS: [f64; 2] = [0.95, 0.99];
