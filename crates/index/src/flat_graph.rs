@@ -186,10 +186,16 @@ impl FlatGraph {
         &self.blocks[at..at + self.block]
     }
 
+    /// The bytes of the bottom-layer links of `slot`.
+    #[inline(always)]
+    fn link_bytes(&self, slot: u32) -> &[u8] {
+        &self.block(slot)[..4 * self.width]
+    }
+
     /// The bottom-layer links of `slot`, in order.
     #[inline(always)]
     fn bottom_links(&self, slot: u32) -> impl Iterator<Item = u32> + '_ {
-        self.block(slot)[..4 * self.width]
+        self.link_bytes(slot)
             .chunks_exact(4)
             .map(|link| u32::from_le_bytes([link[0], link[1], link[2], link[3]]))
             .take_while(|&link| link != NO_LINK)
@@ -287,7 +293,7 @@ impl FlatGraph {
                 // The next point to expand is most likely the nearest left: its links load
                 // while this one's neighbours are scored.
                 if let Some(Reverse(next)) = frontier.peek() {
-                    prefetch(&self.block(next.slot)[..4 * self.width]);
+                    prefetch(self.link_bytes(next.slot));
                 }
                 // All the new neighbours' vectors are requested from memory before the first
                 // distance is computed, so their loads overlap instead of queueing.

@@ -490,8 +490,9 @@ impl VectorIndex {
 }
 
 /// Keeps the first (best) score of each document, in the order given, until there are
-/// `limit`: a search scores a few hundred slots for ten documents, and naming every one of
-/// them (an id copied per slot) cost more than finding them.
+/// `limit`: a search rescores `ef` slots (up to hundreds) for ten documents, and hashing and
+/// copying the id of every one of them showed in profiles (Gutenberg, 30,000 vectors: 0.70 of
+/// hnswlib's queries/s before stopping at `limit`, 0.94 after, in two runs).
 fn best_per_document(
     scored_slots: impl Iterator<Item = (usize, f32)>,
     owners: &[String],

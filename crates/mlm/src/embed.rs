@@ -323,9 +323,10 @@ impl Embedder {
     /// With more than one batch, each thread of rayon's pool runs whole batches on its own
     /// (data parallelism) instead of every matrix product being split across the threads: on
     /// 2 cores the split products ran slower than one thread alone (21.8 s against 23 to 29 s
-    /// for 256 SciFact documents with all-MiniLM-L6-v2), since each of the model's hundreds of
-    /// operations per batch waits for the slower thread, and a core the host takes away
-    /// stalls both. A single batch (a query) keeps the split products, for its latency.
+    /// for 256 SciFact documents with all-MiniLM-L6-v2, 1.3 cores busy), likely because each
+    /// of the model's hundreds of operations per batch waits for the slower thread; whole
+    /// batches per core took 10.8 to 11.9 s. A single batch (a query) keeps the split
+    /// products, for its latency.
     fn embed_sequences(
         &self,
         sequences: Vec<Vec<u32>>,
@@ -339,14 +340,15 @@ impl Embedder {
             on_batch(batch.len());
             Ok::<_, EmbedError>(vectors)
         };
-        let threads = if batches.len() > 1 { self.workers().len().min(batches.len()) } else { 1 };
-        let done: Vec<Embedded> = if threads <= 1 {
+        let workers = if batches.len() > 1 { self.workers() } else { &[] };
+        let workers = &workers[..workers.len().min(batches.len())];
+        let done: Vec<Embedded> = if workers.len() <= 1 {
             batches
                 .iter()
                 .map(|batch| Ok((batch.as_slice(), embed(batch)?)))
                 .collect::<Result<_, EmbedError>>()?
         } else {
-            self.on_workers(threads, &batches, embed)?
+            on_workers(workers, &batches, embed)?
         };
         let mut vectors = vec![Vec::new(); sequences.len()];
         for (batch, batch_vectors) in done {
@@ -391,60 +393,6 @@ impl Embedder {
         })
     }
 
-    /// Runs `embed` on every batch, `threads` batches at a time, each on a worker of its own
-    /// (a one-thread rayon pool, so the kernels' own splitting stays on that thread). Workers
-    /// take the longest batches first, so that no worker is left with a long one at the end.
-    fn on_workers<'b, F>(
-        &self,
-        threads: usize,
-        batches: &'b [Vec<usize>],
-        embed: F,
-    ) -> Result<Vec<Embedded<'b>>, EmbedError>
-    where
-        F: Fn(&[usize]) -> Result<Vec<Vec<f32>>, EmbedError> + Sync,
-    {
-        let next = AtomicUsize::new(0);
-        let work = |pool: &rayon::ThreadPool| {
-            pool.install(|| {
-                let mut done = Vec::new();
-                loop {
-                    let taken = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(batch) = batches.len().checked_sub(taken + 1).map(|i| &batches[i])
-                    else {
-                        return Ok(done);
-                    };
-                    match embed(batch) {
-                        Ok(vectors) => done.push((batch.as_slice(), vectors)),
-                        Err(error) => {
-                            // The other workers stop after their current batch.
-                            next.store(batches.len(), Ordering::Relaxed);
-                            return Err(error);
-                        }
-                    }
-                }
-            })
-        };
-        let results: Vec<_> = std::thread::scope(|scope| {
-            let running: Vec<_> = self
-                .workers()
-                .iter()
-                .take(threads)
-                .map(|pool| scope.spawn(|| work(pool)))
-                .collect();
-            running
-                .into_iter()
-                .map(|worker| {
-                    worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-                })
-                .collect()
-        });
-        let mut done = Vec::with_capacity(batches.len());
-        for result in results {
-            done.extend(result?);
-        }
-        Ok(done)
-    }
-
     /// One forward pass over sequences padded to the longest of them.
     fn embed_batch(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let (ids, mask) = pad_batch(sequences, self.special.pad, &self.device)?;
@@ -461,6 +409,51 @@ impl Embedder {
         };
         Ok(unit_length(&pooled)?.to_vec2::<f32>()?)
     }
+}
+
+/// Runs `embed` on every batch, one batch per worker at a time (each a one-thread rayon pool,
+/// so the kernels' own splitting stays on that thread). Workers take the longest batches
+/// first, so that no worker is left with a long one at the end.
+fn on_workers<'b, F>(
+    workers: &[rayon::ThreadPool],
+    batches: &'b [Vec<usize>],
+    embed: F,
+) -> Result<Vec<Embedded<'b>>, EmbedError>
+where
+    F: Fn(&[usize]) -> Result<Vec<Vec<f32>>, EmbedError> + Sync,
+{
+    let next = AtomicUsize::new(0);
+    let work = |pool: &rayon::ThreadPool| {
+        pool.install(|| {
+            let mut done = Vec::new();
+            loop {
+                let taken = next.fetch_add(1, Ordering::Relaxed);
+                let Some(batch) = batches.len().checked_sub(taken + 1).map(|i| &batches[i]) else {
+                    return Ok(done);
+                };
+                match embed(batch) {
+                    Ok(vectors) => done.push((batch.as_slice(), vectors)),
+                    Err(error) => {
+                        // The other workers stop after their current batch.
+                        next.store(batches.len(), Ordering::Relaxed);
+                        return Err(error);
+                    }
+                }
+            }
+        })
+    };
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let running: Vec<_> = workers.iter().map(|pool| scope.spawn(|| work(pool))).collect();
+        running
+            .into_iter()
+            .map(|worker| worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+            .collect()
+    });
+    let mut done = Vec::with_capacity(batches.len());
+    for result in results {
+        done.extend(result?);
+    }
+    Ok(done)
 }
 
 /// Each row of `vectors` scaled to length 1, so that a dot product is the cosine similarity.
