@@ -82,7 +82,8 @@ fn main() {
     let reference_rate = texts.len() as f64 / median(&mut peer_seconds.clone());
 
     let semantic = SemanticSettings {
-        model: encoder.record().clone(),
+        model: Some(encoder.record().clone()),
+        dimension: None,
         window_overlap: None,
         window_length: None,
         hnsw: HnswSettings::default(),

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use cloze_index::{HnswSettings, VectorIndex};
-use cloze_tests::median;
+use cloze_tests::{median, qps_at_recall as at_recall};
 use rayon::prelude::*;
 use serde_json::{json, Value};
 
@@ -53,21 +53,6 @@ fn write_f32(path: &Path, vectors: &[Vec<f32>]) {
     }
 }
 
-/// Queries/s at recall `target`, interpolated linearly between the two ef_search values around
-/// it (the ef grid is coarse), with the smallest ef that reaches it: (ef, recall there, q/s
-/// interpolated). None when no ef reaches the target.
-fn at_recall(curve: &[(usize, f64, f64)], target: f64) -> Option<(usize, f64, f64)> {
-    let i = curve.iter().position(|&(_, recall, _)| recall >= target)?;
-    let (ef, recall, qps) = curve[i];
-    let qps = match i.checked_sub(1).map(|j| curve[j]) {
-        Some((_, below, below_qps)) if recall > below => {
-            below_qps + (qps - below_qps) * (target - below) / (recall - below)
-        }
-        _ => qps,
-    };
-    Some((ef, recall, qps))
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let [vectors_file, queries_file, label] = &args[..] else {
@@ -82,6 +67,7 @@ fn main() {
     let started = Instant::now();
     let mut index = VectorIndex::empty(dimension, settings);
     index.insert(ids.iter().cloned().zip(vectors.iter().map(|v| vec![v.clone()])).collect());
+    index.build_graph().expect("an index in memory builds");
     let build_seconds = started.elapsed().as_secs_f64();
     eprintln!("Cloze built its graph in {build_seconds:.1} s; exact search for the truth ...");
 

@@ -32,6 +32,7 @@ fn document(id: &str, text: &str) -> Result<Document, IndexError> {
         title: String::new(),
         text: text.into(),
         metadata: Default::default(),
+        vector: None,
     })
 }
 
@@ -62,7 +63,8 @@ impl Fixture {
     ) -> Result<Collection, IndexError> {
         let encoder = Encoder::load(&self.model).unwrap();
         let semantic = SemanticSettings {
-            model: encoder.record().clone(),
+            model: Some(encoder.record().clone()),
+            dimension: None,
             window_overlap,
             window_length,
             hnsw: HnswSettings::default(),
@@ -140,18 +142,20 @@ fn reindexing_replaces_vectors_and_delete_removes_from_both_indexes() {
 }
 
 #[test]
-fn tombstones_are_compacted_past_the_threshold_and_on_request() {
+fn replaced_vectors_stay_as_tombstones_until_a_compaction() {
     let fixture = Fixture::new(64);
     let mut collection = fixture.create("docs", None);
     ingest_texts(&mut collection);
-    // 4 of 24 slots dead: under the threshold, so they stay until asked.
+    // A write adds a segment and marks the vectors it replaces dead; it rewrites nothing.
     let again: Vec<_> = (0..4).map(|i| document(&format!("d{i}"), &texts()[i])).collect();
     collection.ingest(again, || {}).unwrap();
+    assert_eq!(collection.segment_count(), 2);
     let summary = collection.compact().unwrap();
     assert_eq!((summary.removed, summary.vector_count), (4, 20));
-    // 10 of 30 dead: past it, compacted by the ingest itself.
+    assert_eq!(collection.segment_count(), 1);
     let again: Vec<_> = (0..10).map(|i| document(&format!("d{i}"), &texts()[i])).collect();
     collection.ingest(again, || {}).unwrap();
+    assert_eq!(collection.compact().unwrap().removed, 10);
     assert_eq!(collection.compact().unwrap().removed, 0);
     for (i, text) in texts().iter().enumerate() {
         assert_eq!(semantic_ids(&collection, text, 1), [format!("d{i}")]);
@@ -164,15 +168,22 @@ fn a_failed_ingest_changes_neither_index() {
     let fixture = Fixture::new(64);
     let mut collection = fixture.create("docs", None);
     ingest_texts(&mut collection);
-    let generations =
-        || std::fs::read_dir(collection_dir(&fixture, "docs").join("vectors")).unwrap().count();
+    let vector_files = || {
+        let mut names: Vec<_> = std::fs::read_dir(collection_dir(&fixture, "docs").join("vectors"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    let before = vector_files();
     let bad: IndexError = cloze_corpus::read_queries("/nonexistent.tsv").unwrap_err().into();
     let documents: Vec<_> =
         (0..700).map(|i| document(&format!("new{i}"), "river bridge")).chain([Err(bad)]).collect();
     assert!(collection.ingest(documents, || {}).is_err());
     assert_eq!((collection.document_count(), collection.vector_count()), (20, 20));
     assert!(semantic_ids(&collection, "river bridge", 30).iter().all(|id| id.starts_with('d')));
-    assert_eq!(generations(), 1);
+    assert_eq!(vector_files(), before);
     let reopened = fixture.data.open("docs").unwrap();
     assert_eq!(reopened.vector_count(), 20);
     assert_consistent(&reopened);
@@ -357,4 +368,88 @@ fn feedback_moves_the_query_toward_the_best_keyword_hits_and_scores_every_keywor
     }
     let keyword_hits = hits.iter().filter(|h| h.explanation.as_ref().unwrap().keyword.is_some());
     assert_eq!(keyword_hits.count(), found.keyword.len());
+}
+
+fn with_vector(id: &str, text: &str, vector: Vec<f32>) -> Result<Document, IndexError> {
+    let mut document = document(id, text)?;
+    document.vector = Some(vector);
+    Ok(document)
+}
+
+fn vector_search(collection: &Collection, mode: Mode, query: &str, vector: &[f32]) -> Vec<String> {
+    let mut request = SearchRequest::new(query, mode, 3);
+    request.vector = Some(vector.to_vec());
+    search(collection, &request).unwrap().hits.into_iter().map(|hit| hit.id).collect()
+}
+
+#[test]
+fn documents_bring_their_own_vectors_to_a_collection_without_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataDir::new(dir.path());
+    let semantic = SemanticSettings::with_dimension(3, HnswSettings::default());
+    let mut collection = data.create("own", AnalyzerSettings::default(), Some(semantic)).unwrap();
+    collection
+        .ingest(
+            [
+                with_vector("x", "river bridge", vec![2.0, 0.0, 0.0]),
+                with_vector("y", "heat flow", vec![0.0, 0.5, 0.0]),
+                with_vector("z", "gene dose", vec![0.0, 0.6, 0.8]),
+            ],
+            || {},
+        )
+        .unwrap();
+    // Vectors are kept at unit length: scores are cosines.
+    let mut request = SearchRequest::new("", Mode::Semantic, 3);
+    request.vector = Some(vec![0.0, 1.0, 1.0]);
+    let hits = search(&collection, &request).unwrap().hits;
+    assert_eq!(hits.iter().map(|h| h.id.as_str()).collect::<Vec<_>>(), ["z", "y", "x"]);
+    assert!((hits[0].score - 1.4 / 2f32.sqrt()).abs() < 1e-5, "{}", hits[0].score);
+    assert!(hits[2].score.abs() < 1e-6);
+    // Hybrid: the keyword side from the text, the semantic side from the vector.
+    assert_eq!(vector_search(&collection, Mode::Hybrid, "river", &[1.0, 0.1, 0.0])[0], "x");
+
+    // Nothing is applied when a document lacks its vector or brings a wrong one.
+    let before = collection.document_ids().unwrap();
+    for (bad, expected) in [
+        (document("w", "no vector"), "document \"w\" has no vector"),
+        (
+            with_vector("w", "short", vec![1.0, 2.0]),
+            "it has 2 values; the collection's vectors have 3",
+        ),
+        (with_vector("w", "zero", vec![0.0; 3]), "it has length zero"),
+        (with_vector("w", "nan", vec![1.0, f32::NAN, 0.0]), "value 1 is not a finite number"),
+    ] {
+        let error = collection.ingest([with_vector("v", "fine", vec![1.0; 3]), bad], || {});
+        let error = error.unwrap_err().to_string();
+        assert!(error.contains(expected), "{error}");
+        assert_eq!(collection.document_ids().unwrap(), before);
+    }
+    // A query vector of another length, or text alone, is refused with the reason.
+    let mut request = SearchRequest::new("", Mode::Semantic, 3);
+    request.vector = Some(vec![1.0, 0.0]);
+    let error = search(&collection, &request).unwrap_err().to_string();
+    assert!(error.contains("vector: it has 2 values"), "{error}");
+    let error = search(&collection, &SearchRequest::new("river", Mode::Semantic, 3));
+    assert!(error.unwrap_err().to_string().contains("has no model"));
+
+    // The same after reopening.
+    let reopened = data.open("own").unwrap();
+    assert_eq!(vector_search(&reopened, Mode::Semantic, "", &[0.0, 1.0, 0.0])[0], "y");
+    assert_eq!(reopened.manifest().semantic.as_ref().unwrap().dimension(), 3);
+}
+
+#[test]
+fn with_a_model_a_documents_own_vector_replaces_embedding_it() {
+    let fixture = Fixture::new(64);
+    let mut collection = fixture.create("docs", None);
+    ingest_texts(&mut collection);
+    let third = collection.encoder().unwrap().encode(&[&texts()[3]]).unwrap().remove(0);
+    // "copy" has unrelated text but the vector of the fourth text.
+    collection.ingest([with_vector("copy", "zzz qqq", third.clone())], || {}).unwrap();
+    let found = search(&collection, &SearchRequest::new(&texts()[3], Mode::Semantic, 2)).unwrap();
+    let mut ids: Vec<String> = found.hits.iter().map(|hit| hit.id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["copy", "d3"]);
+    assert!((found.hits[0].score - found.hits[1].score).abs() < 1e-5);
+    assert_consistent(&collection);
 }

@@ -116,6 +116,22 @@ pub fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
+/// Queries/s at recall `target` on a curve of (ef_search, recall, queries/s), interpolated
+/// linearly between the two ef_search values around it (an ef grid is coarse), with the
+/// smallest ef that reaches it: (ef, recall there, q/s interpolated). None when no ef reaches
+/// the target.
+pub fn qps_at_recall(curve: &[(usize, f64, f64)], target: f64) -> Option<(usize, f64, f64)> {
+    let i = curve.iter().position(|&(_, recall, _)| recall >= target)?;
+    let (ef, recall, qps) = curve[i];
+    let qps = match i.checked_sub(1).map(|j| curve[j]) {
+        Some((_, below, below_qps)) if recall > below => {
+            below_qps + (qps - below_qps) * (target - below) / (recall - below)
+        }
+        _ => qps,
+    };
+    Some((ef, recall, qps))
+}
+
 /// Where benchmarks leave their results: `target/bench-results`.
 pub fn bench_results_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results")

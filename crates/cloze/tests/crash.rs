@@ -101,7 +101,59 @@ fn killing_the_indexer_at_any_moment_keeps_both_indexes_consistent() {
     // The collection stays writable after the last kill.
     index_fully(&data, &model, &second);
     assert_eq!(committed_ids(&data), after);
-    assert_eq!(std::fs::read_dir(data.join("docs/vectors")).unwrap().count(), 1);
+    assert_only_committed_files(&data);
+
+    // Merging builds a graph of every vector and commits it in place of the segments: a kill
+    // at any moment of it leaves the documents and vectors as they were.
+    let compact = |data: &Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cloze"));
+        command
+            .args(["--data-dir", data.to_str().unwrap(), "compact", "--collection", "docs"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    };
+    let started = Instant::now();
+    cloze_tests::copy_dir(&after_dir, &data);
+    assert!(compact(&data).status().unwrap().success());
+    let full_merge = started.elapsed();
+    assert_eq!(committed_ids(&data), after);
+    let (mut unmerged, mut merged) = (0, 0);
+    for attempt in 0..KILLS / 2 {
+        cloze_tests::copy_dir(&after_dir, &data);
+        let mut child = compact(&data).spawn().unwrap();
+        let wait = full_merge.mul_f64(rng.random_range(0.0..1.1));
+        std::thread::sleep(wait);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(committed_ids(&data), after, "attempt {attempt}, killed after {wait:?}");
+        match DataDir::new(&data).open("docs").unwrap().segment_count() {
+            1 => merged += 1,
+            _ => unmerged += 1,
+        }
+    }
+    eprintln!(
+        "{} kills over a {full_merge:?} merge: {unmerged} before it, {merged} after",
+        KILLS / 2
+    );
+    assert!(unmerged > 0, "no kill landed before the merge's commit: the test shows nothing");
+    assert!(compact(&data).status().unwrap().success());
+    assert_eq!(committed_ids(&data), after);
+    assert_only_committed_files(&data);
+}
+
+/// Nothing is left of interrupted writes and merges: one commit file, and segments.
+fn assert_only_committed_files(data: &Path) {
+    let names: Vec<String> = std::fs::read_dir(data.join("docs/vectors"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.iter().filter(|name| name.starts_with("commit-")).count(), 1, "{names:?}");
+    assert!(
+        names.iter().all(|name| name.starts_with("commit-")
+            || (name.starts_with("seg-") && !name.contains(".merging"))),
+        "{names:?}"
+    );
 }
 
 mod common;

@@ -12,6 +12,9 @@
 //!
 //! A body is read whole before anything is applied, so a wrong line anywhere refuses all of it,
 //! and the answer can list every wrong line at once.
+//!
+//! For a collection that holds vectors, a document's `vector` field is its own vector (as
+//! Elasticsearch's `dense_vector`): an array of numbers of the collection's dimension.
 
 use serde_json::{Map, Value};
 
@@ -33,8 +36,21 @@ pub struct BulkLineError {
     pub reason: String,
 }
 
-/// Reads a bulk body into its actions, in order, or every wrong line.
-pub fn parse_bulk(body: &[u8]) -> Result<Vec<BulkAction>, Vec<BulkLineError>> {
+/// The field of a bulk document that holds its own vector.
+pub const VECTOR_FIELD: &str = "vector";
+
+/// Reads a bulk body into its actions, in order, or every wrong line. With `vector_dimension`
+/// (a collection that holds vectors of that length), each document's [`VECTOR_FIELD`] is its
+/// vector; without, it is metadata like any other field.
+pub fn parse_bulk(
+    body: &[u8],
+    vector_dimension: Option<usize>,
+) -> Result<Vec<BulkAction>, Vec<BulkLineError>> {
+    let mapping = FieldMapping {
+        vector_field: vector_dimension.map(|_| VECTOR_FIELD.to_string()),
+        vector_dimension,
+        ..FieldMapping::default()
+    };
     let mut changes = Vec::new();
     let mut errors = Vec::new();
     // The line of an `index` action whose document has not come yet, and the id it named.
@@ -61,7 +77,7 @@ pub fn parse_bulk(body: &[u8]) -> Result<Vec<BulkAction>, Vec<BulkLineError>> {
             }
         };
         if let Some((_, id)) = document_of {
-            match document(object, id) {
+            match document(object, id, &mapping) {
                 Ok(document) => changes.push(BulkAction::Index(document)),
                 Err(reason) => fail(reason),
             }
@@ -80,7 +96,7 @@ pub fn parse_bulk(body: &[u8]) -> Result<Vec<BulkAction>, Vec<BulkLineError>> {
             Some((other, _)) => fail(format!(
                 "unsupported action \"{other}\": use index (adds or replaces) or delete"
             )),
-            None => match document(object, None) {
+            None => match document(object, None, &mapping) {
                 Ok(document) => changes.push(BulkAction::Index(document)),
                 Err(reason) => fail(reason),
             },
@@ -126,7 +142,11 @@ fn optional_id(meta: &Map<String, Value>) -> Result<Option<String>, String> {
 }
 
 /// A document line, with the id its action named (which wins over an `_id` field).
-fn document(mut object: Map<String, Value>, id: Option<String>) -> Result<Document, String> {
+fn document(
+    mut object: Map<String, Value>,
+    id: Option<String>,
+    mapping: &FieldMapping,
+) -> Result<Document, String> {
     if let Some(id) = id {
         object.insert("_id".to_string(), Value::String(id));
     }
@@ -136,7 +156,7 @@ fn document(mut object: Map<String, Value>, id: Option<String>) -> Result<Docume
         );
     }
     object.entry("title").or_insert(Value::Null);
-    let document = FieldMapping::default().document(object).map_err(|error| error.to_string())?;
+    let document = mapping.document(object).map_err(|error| error.to_string())?;
     if document.id.is_empty() {
         return Err("_id: must not be empty".to_string());
     }
@@ -151,7 +171,7 @@ mod tests {
     fn reads_actions_and_bare_documents_in_order() {
         let body = b"{\"index\": {\"_id\": \"1\"}}\n{\"title\": \"T\", \"text\": \"one\", \"year\": 2001}\n\r\n\
             {\"delete\": {\"_id\": 2}}\n{\"_id\": \"3\", \"text\": \"three\"}\n";
-        let changes = parse_bulk(body).unwrap();
+        let changes = parse_bulk(body, None).unwrap();
         assert_eq!(changes.len(), 3);
         let BulkAction::Index(first) = &changes[0] else { panic!("{changes:?}") };
         assert_eq!(
@@ -167,7 +187,7 @@ mod tests {
     #[test]
     fn a_wrong_document_after_an_index_action_is_one_error_on_its_own_line() {
         // Found by the fuzz target: the action was also reported, after the document's line.
-        let errors = parse_bulk(b"{\"index\": {\"_id\": \"1\"}}\nnot json\n").unwrap_err();
+        let errors = parse_bulk(b"{\"index\": {\"_id\": \"1\"}}\nnot json\n", None).unwrap_err();
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert_eq!(errors[0].line, 2);
     }
@@ -177,7 +197,7 @@ mod tests {
         let body = b"{\"_id\": \"1\", \"text\": \"ok\"}\nnot json\n[1]\n{\"title\": \"no id\", \"text\": \"x\"}\n\
             {\"_id\": \"5\"}\n{\"update\": {\"_id\": \"1\"}}\n{\"delete\": {}}\n{\"index\": {\"_id\": \"8\", \"x\": 1}}\n\
             {\"index\": {}}\n{\"text\": \"no id after all\"}\n{\"index\": {\"_id\": \"11\"}}";
-        let errors = parse_bulk(body).unwrap_err();
+        let errors = parse_bulk(body, None).unwrap_err();
         let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, [2, 3, 4, 5, 6, 7, 8, 10, 11]);
         assert!(errors[0].reason.starts_with("not valid JSON"), "{errors:?}");
@@ -185,5 +205,22 @@ mod tests {
         assert!(errors[4].reason.contains("unsupported action \"update\""), "{errors:?}");
         assert!(errors[6].reason.contains("index.x: unknown field"), "{errors:?}");
         assert!(errors[8].reason.contains("no document after it"), "{errors:?}");
+    }
+
+    #[test]
+    fn documents_carry_their_vectors_where_the_collection_holds_vectors() {
+        let body = b"{\"_id\": \"1\", \"text\": \"a\", \"vector\": [0.5, 1]}\n\
+            {\"_id\": \"2\", \"text\": \"b\"}\n{\"_id\": \"3\", \"text\": \"c\", \"vector\": [1]}\n";
+        let errors = parse_bulk(body, Some(2)).unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, 3);
+        assert!(errors[0].reason.contains("has 1 values; the collection's vectors have 2"));
+        let changes = parse_bulk(&body[..body.len() - 41], Some(2)).unwrap();
+        let BulkAction::Index(first) = &changes[0] else { panic!("{changes:?}") };
+        assert_eq!(first.vector, Some(vec![0.5, 1.0]));
+        // Where the collection holds no vectors it is metadata.
+        let changes = parse_bulk(body, None).unwrap();
+        let BulkAction::Index(first) = &changes[0] else { panic!("{changes:?}") };
+        assert_eq!((first.vector.as_ref(), first.metadata.contains_key("vector")), (None, true));
     }
 }

@@ -17,6 +17,9 @@ pub struct Document {
     pub text: String,
     /// Every other field of the source object, kept as stored metadata.
     pub metadata: Map<String, Value>,
+    /// The document's own vector, when its source names a vector field: indexed as it is
+    /// instead of one a model computes.
+    pub vector: Option<Vec<f32>>,
 }
 
 impl Document {
@@ -41,6 +44,11 @@ pub struct FieldMapping {
     /// The text field shown as the title; `None`, or a name not among `text_fields`, means the
     /// documents have no title.
     pub title_field: Option<String>,
+    /// The field that holds a document's own vector (an array of numbers), if any; a document
+    /// without it (or with `null`) has none.
+    pub vector_field: Option<String>,
+    /// The length every vector must have.
+    pub vector_dimension: Option<usize>,
 }
 
 impl Default for FieldMapping {
@@ -50,6 +58,8 @@ impl Default for FieldMapping {
             id_field: "_id".to_string(),
             text_fields: vec!["title".to_string(), "text".to_string()],
             title_field: Some("title".to_string()),
+            vector_field: None,
+            vector_dimension: None,
         }
     }
 }
@@ -82,7 +92,42 @@ impl FieldMapping {
                 text.push_str(&value);
             }
         }
-        Ok(Document { id, title, text, metadata: object })
+        let vector = match &self.vector_field {
+            Some(field) => match object.remove(field) {
+                None | Some(Value::Null) => None,
+                Some(value) => Some(self.vector(field, value)?),
+            },
+            None => None,
+        };
+        Ok(Document { id, title, text, metadata: object, vector })
+    }
+
+    /// A vector field's value: an array of finite numbers, of the expected length.
+    fn vector(&self, field: &str, value: Value) -> Result<Vec<f32>, ErrorKind> {
+        let wrong = |message: String| ErrorKind::Vector { field: field.to_string(), message };
+        let Value::Array(values) = value else {
+            return Err(wrong(format!(
+                "expected an array of numbers, found {}",
+                json_type_name(&value)
+            )));
+        };
+        if let Some(expected) = self.vector_dimension {
+            if values.len() != expected {
+                return Err(wrong(format!(
+                    "has {} values; the collection's vectors have {expected}",
+                    values.len()
+                )));
+            }
+        }
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, value)| match value.as_f64().map(|x| x as f32) {
+                Some(x) if x.is_finite() => Ok(x),
+                Some(_) => Err(wrong(format!("value {i} is out of the range of a 32-bit float"))),
+                None => Err(wrong(format!("value {i} is {}, not a number", json_type_name(value)))),
+            })
+            .collect()
     }
 }
 
@@ -186,11 +231,41 @@ mod tests {
     }
 
     #[test]
+    fn a_vector_field_is_read_as_the_documents_vector_and_checked() {
+        let mapping = FieldMapping {
+            vector_field: Some("emb".into()),
+            vector_dimension: Some(3),
+            ..FieldMapping::default()
+        };
+        let docs = read_all(
+            b"{\"_id\": \"a\", \"title\": \"\", \"text\": \"x\", \"emb\": [1, 0.5, -2e3]}\n\
+              {\"_id\": \"b\", \"title\": \"\", \"text\": \"y\", \"emb\": null, \"k\": 1}",
+            mapping.clone(),
+        )
+        .unwrap();
+        assert_eq!(docs[0].vector, Some(vec![1.0, 0.5, -2000.0]));
+        assert!(docs[0].metadata.is_empty());
+        assert_eq!((docs[1].vector.as_ref(), docs[1].metadata.len()), (None, 1));
+        for (line, expected) in [
+            ("[1, 2]", "field \"emb\" has 2 values; the collection's vectors have 3"),
+            ("[1, \"2\", 3]", "field \"emb\" value 1 is a string, not a number"),
+            ("[1, 2, 1e300]", "field \"emb\" value 2 is out of the range of a 32-bit float"),
+            ("{}", "field \"emb\" expected an array of numbers, found an object"),
+        ] {
+            let body =
+                format!("{{\"_id\": \"a\", \"title\": \"\", \"text\": \"x\", \"emb\": {line}}}");
+            let error = read_all(body.as_bytes(), mapping.clone()).unwrap_err().to_string();
+            assert!(error.ends_with(&format!(":1: {expected}")), "{error}");
+        }
+    }
+
+    #[test]
     fn custom_fields_join_text_and_leave_title_empty_without_a_title_field() {
         let mapping = FieldMapping {
             id_field: "doc".into(),
             text_fields: vec!["abstract".into(), "body".into()],
             title_field: Some("title".into()),
+            ..FieldMapping::default()
         };
         let docs = read_all(
             b"{\"doc\": \"a\", \"abstract\": \"x\", \"body\": \"y\", \"title\": \"kept\"}",

@@ -24,6 +24,8 @@ pub enum ErrorKind {
     MissingField(String),
     #[error("field \"{field}\" must be a string or a number, found {found}")]
     FieldType { field: String, found: &'static str },
+    #[error("field \"{field}\" {message}")]
+    Vector { field: String, message: String },
     #[error("expected {expected}, found {found} tab-separated columns")]
     Columns { expected: &'static str, found: usize },
 }

@@ -7,8 +7,11 @@
 //! <data-dir>/<name>/vectors/        generations of the vector index (see the vectors module)
 //! ```
 //!
-//! Every change ends in one tantivy commit whose payload names the vector generation written
-//! just before it: the commit is the single moment at which both indexes change.
+//! Every change ends in one tantivy commit whose payload names the vector commit written just
+//! before it: the commit is the single moment at which both indexes change. A change writes
+//! what it changes (its documents, one new vector segment, tombstones), never the whole
+//! collection; merging vector segments is separate work ([`Collection::build_merge`]) that
+//! runs beside searches and writes and is put in place by a commit of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -29,10 +32,13 @@ use tantivy::{
 };
 
 use crate::analyzer::AnalyzerSettings;
-use crate::encoder::Encoder;
+use crate::encoder::{Encoder, ModelRecord};
 use crate::error::IndexError;
+use crate::files::process_is_running;
 use crate::manifest::{FusionSettings, Manifest, SemanticSettings};
-use crate::vectors::{self, Neighbour, VectorIndex, VECTORS_DIR};
+use crate::merge::{self, BuiltMerge, MergePlan};
+use crate::nearest::Neighbour;
+use crate::vectors::{VectorIndex, VECTORS_DIR};
 
 pub(crate) const TANTIVY_DIR: &str = "tantivy";
 /// The name the collection's analyzer is registered under in tantivy.
@@ -43,8 +49,6 @@ const WRITER_MEMORY: usize = 128 << 20;
 const EMBED_CHUNK: usize = 512;
 /// Opening retries this many times when writes keep committing under it.
 const OPEN_ATTEMPTS: usize = 10;
-/// A write that leaves more than this share of vector slots as tombstones compacts the graph.
-pub const COMPACT_THRESHOLD: f64 = 0.25;
 
 /// The folder that holds every collection (`index/` by default).
 #[derive(Debug, Clone)]
@@ -189,12 +193,6 @@ fn debris_owner(folder: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// Where there is no /proc to ask, every process counts as running: nothing is removed.
-fn process_is_running(pid: u32) -> bool {
-    let proc = Path::new("/proc");
-    pid == std::process::id() || !proc.join("self").exists() || proc.join(pid.to_string()).exists()
-}
-
 /// Collection names become folder names: keep them to a portable set that cannot climb out of
 /// the data folder or hide (`..`, `a/b`, `.x`).
 /// Generation `generation` of the vectors of the collection in `dir`.
@@ -203,7 +201,7 @@ fn load_vectors(
     semantic: &SemanticSettings,
     generation: u64,
 ) -> Result<VectorIndex, IndexError> {
-    VectorIndex::load(&dir.join(VECTORS_DIR), generation, semantic.model.dimension, semantic.hnsw)
+    VectorIndex::load(&dir.join(VECTORS_DIR), generation, semantic.dimension(), semantic.hnsw)
 }
 
 /// The vector generation that the index's last commit names (0 before any).
@@ -276,15 +274,20 @@ impl Fields {
     }
 }
 
-/// An open collection.
+/// An open collection. Cloning is cheap (indexes and segments are shared): the server changes a
+/// clone and publishes it, while searches go on reading the state they started with.
+#[derive(Clone)]
 pub struct Collection {
     name: String,
     dir: PathBuf,
     manifest: Manifest,
     index: Index,
     reader: IndexReader,
+    /// The committed documents this state shows: a later commit (through a clone) reloads the
+    /// shared reader, never this.
+    searcher: Searcher,
     fields: Fields,
-    /// The vector generation named by the last tantivy commit.
+    /// The vector commit named by the last tantivy commit.
     generation: u64,
     /// Present when the collection has a model.
     vectors: Option<VectorIndex>,
@@ -292,7 +295,7 @@ pub struct Collection {
     encoder: OnceLock<Arc<Encoder>>,
 }
 
-/// What a tantivy commit carries: the vector generation that matches its documents.
+/// What a tantivy commit carries: the vector commit that matches its documents.
 #[derive(Debug, Serialize, Deserialize)]
 struct CommitPayload {
     vector_generation: u64,
@@ -332,9 +335,9 @@ pub enum Outcome {
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactSummary {
-    /// Tombstoned vectors dropped from the graph.
+    /// Tombstoned vectors dropped.
     pub removed: u64,
-    /// Live vectors, now in a fresh graph.
+    /// Live vectors, now in one segment with a fresh graph.
     pub vector_count: u64,
 }
 
@@ -378,11 +381,15 @@ impl Collection {
                 return Err(IndexError::Busy(name.to_string()));
             }
         };
+        // Loading a segment's graph (copied into flat arrays and dropped) left the heap full of
+        // freed small blocks.
+        cloze_mlm::allocator::return_freed_memory();
         Ok(Collection {
             name: name.to_string(),
             dir,
             manifest,
             index,
+            searcher: reader.searcher(),
             reader,
             fields,
             generation,
@@ -418,7 +425,7 @@ impl Collection {
 
     /// A consistent view of the committed documents.
     pub fn searcher(&self) -> Searcher {
-        self.reader.searcher()
+        self.searcher.clone()
     }
 
     pub fn document_count(&self) -> u64 {
@@ -445,8 +452,8 @@ impl Collection {
         if let Some(encoder) = self.encoder.get() {
             return Ok(encoder);
         }
-        let semantic = self.semantic()?;
-        let encoder = Encoder::load(&semantic.model.path)?;
+        let model = self.model()?;
+        let encoder = Encoder::load(&model.path)?;
         self.use_encoder(encoder)?;
         Ok(self.encoder.get().expect("just set"))
     }
@@ -455,7 +462,7 @@ impl Collection {
     /// checking that it is the collection's model.
     pub fn use_encoder(&self, encoder: impl Into<Arc<Encoder>>) -> Result<(), IndexError> {
         let encoder = encoder.into();
-        let expected = &self.semantic()?.model;
+        let expected = self.model()?;
         if encoder.record().weights_sha256 != expected.weights_sha256 {
             return Err(IndexError::ModelMismatch {
                 collection: self.name.clone(),
@@ -474,9 +481,13 @@ impl Collection {
     /// manifest. Takes the write lock, so it cannot interleave with a write.
     pub fn set_default_fusion(&mut self, fusion: Option<FusionSettings>) -> Result<(), IndexError> {
         self.semantic()?;
-        let _lock = self.writer()?;
+        let _lock = self.lock_for_write()?;
         self.manifest.fusion = fusion;
         self.manifest.save(&self.dir)
+    }
+
+    fn model(&self) -> Result<&ModelRecord, IndexError> {
+        self.semantic()?.model.as_ref().ok_or_else(|| IndexError::NoEncoder(self.name.clone()))
     }
 
     fn semantic(&self) -> Result<&SemanticSettings, IndexError> {
@@ -519,10 +530,11 @@ impl Collection {
         I: IntoIterator<Item = Result<Change, E>>,
         IndexError: From<E>,
     {
-        let mut writer = self.writer()?;
+        let mut writer = self.lock_for_write()?;
+        let before = self.vectors.clone();
         let mut outcomes = Vec::new();
         let queued = self.queue(&mut writer, changes, &mut outcomes, &mut on_change);
-        self.finish(writer, queued)?;
+        self.finish(writer, queued, before)?;
         Ok(outcomes)
     }
 
@@ -541,8 +553,11 @@ impl Collection {
         let searcher = self.searcher();
         // Whether each id touched so far is present after the changes before this one.
         let mut present: HashMap<String, bool> = HashMap::new();
-        // Documents waiting to be embedded, with their text.
+        // Documents waiting to be embedded, with their text, and their ids.
         let mut pending: Vec<(String, String)> = Vec::new();
+        let mut pending_ids: HashSet<String> = HashSet::new();
+        // Documents embedded, waiting to become the write's one new segment, and their ids.
+        let mut staged = Staged::default();
         for change in changes {
             let change = change?;
             let id = match &change {
@@ -561,18 +576,43 @@ impl Collection {
                         .map_err(|e| self.tantivy_error(e))?;
                     present.insert(id, true);
                     outcomes.push(if existed { Outcome::Updated } else { Outcome::Created });
-                    if self.vectors.is_some() {
-                        let text = document.searchable_text();
-                        pending.push((document.id, text));
-                        if pending.len() == EMBED_CHUNK {
-                            self.embed(&mut pending, on_change)?;
+                    if let Some(semantic) = &self.manifest.semantic {
+                        // A new version replaces one earlier in the same write.
+                        staged.remove(&document.id);
+                        if pending_ids.remove(&document.id) {
+                            pending.retain(|(pending, _)| *pending != document.id);
                         }
-                        continue;
+                        match document.vector {
+                            Some(vector) => {
+                                let vector = unit_vector(vector, semantic.dimension()).map_err(
+                                    |message| self.invalid_vector(&document.id, message),
+                                )?;
+                                staged.add(document.id, vec![vector]);
+                            }
+                            None if semantic.model.is_none() => {
+                                return Err(IndexError::MissingVector {
+                                    collection: self.name.clone(),
+                                    id: document.id,
+                                });
+                            }
+                            None => {
+                                let text = document.searchable_text();
+                                pending_ids.insert(document.id.clone());
+                                pending.push((document.id, text));
+                                if pending.len() == EMBED_CHUNK {
+                                    pending_ids.clear();
+                                    self.embed(&mut pending, &mut staged, on_change)?;
+                                }
+                                continue;
+                            }
+                        }
                     }
                 }
                 Change::Delete(id) => {
                     // Vectors still waiting to be embedded would come back after the removal.
-                    self.embed(&mut pending, on_change)?;
+                    pending_ids.clear();
+                    self.embed(&mut pending, &mut staged, on_change)?;
+                    staged.remove(&id);
                     if let Some(vectors) = self.vectors.as_mut() {
                         vectors.remove(&id);
                     }
@@ -582,13 +622,22 @@ impl Collection {
             }
             on_change();
         }
-        self.embed(&mut pending, on_change)
+        self.embed(&mut pending, &mut staged, on_change)?;
+        if let Some(vectors) = self.vectors.as_mut() {
+            vectors.insert(staged.documents);
+        }
+        Ok(())
     }
 
-    /// Embeds the pending documents into the vector index, emptying `pending`.
+    fn invalid_vector(&self, id: &str, message: String) -> IndexError {
+        IndexError::InvalidVector { collection: self.name.clone(), id: id.to_string(), message }
+    }
+
+    /// Embeds the pending documents into `staged`, emptying `pending`.
     fn embed(
         &mut self,
         pending: &mut Vec<(String, String)>,
+        staged: &mut Staged,
         on_document: &mut impl FnMut(),
     ) -> Result<(), IndexError> {
         if pending.is_empty() || self.vectors.is_none() {
@@ -596,8 +645,7 @@ impl Collection {
         }
         // Loaded here, on the first document to embed: deletes alone never need the model.
         self.encoder()?;
-        let (Some(vectors), Some(semantic)) = (self.vectors.as_mut(), &self.manifest.semantic)
-        else {
+        let Some(semantic) = &self.manifest.semantic else {
             return Ok(());
         };
         let encoder = self.encoder.get().expect("loaded just above");
@@ -607,7 +655,9 @@ impl Collection {
             None => encoder.encode(&texts)?.into_iter().map(|vector| vec![vector]).collect(),
         };
         let count = pending.len();
-        vectors.insert(pending.drain(..).map(|(id, _)| id).zip(embedded).collect());
+        for (id, vectors) in pending.drain(..).map(|(id, _)| id).zip(embedded) {
+            staged.add(id, vectors);
+        }
         (0..count).for_each(|_| on_document());
         Ok(())
     }
@@ -636,18 +686,81 @@ impl Collection {
         Ok(unique.len() as u64)
     }
 
-    /// Rebuilds the HNSW graph from the live vectors only, dropping the tombstones that
-    /// replaced and deleted documents left. Writes also do this by themselves once tombstones
-    /// pass [`COMPACT_THRESHOLD`].
+    /// Merges every vector segment into one with a fresh graph and no tombstones (the
+    /// vectors of replaced and deleted documents). Merges in the background keep tombstones
+    /// below a quarter of each segment by themselves; this is for a collection that will not
+    /// change for a while, or to measure the search at its fastest.
     pub fn compact(&mut self) -> Result<CompactSummary, IndexError> {
         let Some(vectors) = &self.vectors else {
             return Err(IndexError::NoModel(self.name.clone()));
         };
         let before = vectors.dead_count() as u64;
-        let writer = self.writer()?;
-        self.vectors = Some(vectors.compacted());
-        self.finish(writer, Ok(()))?;
+        while let Some(plan) = self.vectors.as_ref().and_then(|v| merge::plan(v, true, true)) {
+            let built = self.build_merge(plan)?;
+            self.apply_merge(built)?;
+        }
         Ok(CompactSummary { removed: before, vector_count: self.vector_count() })
+    }
+
+    /// The vector merge the merge policy asks for now, if any (see the merge module); with
+    /// `force`, one that leaves a single segment with a graph.
+    pub fn plan_merge(&self, force: bool) -> Option<MergePlan> {
+        merge::plan(self.vectors.as_ref()?, force, false)
+    }
+
+    /// Builds a planned merge: the slow part (graph inserts, writing the new segment), done on
+    /// this state without any lock, so searches and writes go on meanwhile. Put it in place
+    /// with [`Self::apply_merge`].
+    pub fn build_merge(&self, plan: MergePlan) -> Result<BuiltMerge, IndexError> {
+        let vectors =
+            self.vectors.as_ref().ok_or_else(|| IndexError::NoModel(self.name.clone()))?;
+        let built = merge::build(vectors, plan, &self.dir.join(VECTORS_DIR));
+        // The graph just built and dropped was millions of small blocks.
+        cloze_mlm::allocator::return_freed_memory();
+        built
+    }
+
+    /// Puts a built merge in place of its input segments and commits, as a write does (it
+    /// takes the write lock). Returns false, changing nothing, if a write since it was planned
+    /// removed one of its inputs.
+    pub fn apply_merge(&mut self, built: BuiltMerge) -> Result<bool, IndexError> {
+        let writer = self.lock_for_write()?;
+        let before = self.vectors.clone();
+        let vectors_dir = self.dir.join(VECTORS_DIR);
+        let Some(vectors) = self.vectors.as_mut() else {
+            return Err(IndexError::NoModel(self.name.clone()));
+        };
+        match merge::apply(vectors, built, &vectors_dir) {
+            Ok(true) => self.finish(writer, Ok(()), before).map(|()| true),
+            Ok(false) => Ok(false),
+            Err(error) => {
+                self.vectors = before;
+                Err(error)
+            }
+        }
+    }
+
+    /// Runs the merges the policy asks for (with `force`, until one segment is left) here and
+    /// now, one after another; `on_merge` hears of each before it is built. Returns how many
+    /// merges ran.
+    pub fn merge_segments(
+        &mut self,
+        force: bool,
+        mut on_merge: impl FnMut(&MergePlan),
+    ) -> Result<usize, IndexError> {
+        let mut merges = 0;
+        while let Some(plan) = self.plan_merge(force) {
+            on_merge(&plan);
+            let built = self.build_merge(plan)?;
+            self.apply_merge(built)?;
+            merges += 1;
+        }
+        Ok(merges)
+    }
+
+    /// Vector segments; 0 without a model.
+    pub fn segment_count(&self) -> usize {
+        self.vectors.as_ref().map_or(0, VectorIndex::segment_count)
     }
 
     /// Documents with vectors.
@@ -754,24 +867,46 @@ impl Collection {
             .index
             .writer_with_num_threads(1, WRITER_MEMORY)
             .map_err(|e| self.tantivy_error(e))?;
-        if self.vectors.is_some() {
-            vectors::remove_other_generations(&self.dir.join(VECTORS_DIR), self.generation)?;
+        // Only a state that is the last commit knows which vector files are in use.
+        if let Some(vectors) = &self.vectors {
+            if committed_generation(&self.index, &self.dir)? == self.generation {
+                vectors.remove_uncommitted(&self.dir.join(VECTORS_DIR), self.generation)?;
+            }
+        }
+        Ok(writer)
+    }
+
+    /// The write lock, with this state brought up to the last commit first: another process
+    /// may have written since it was read, and a write must start from what that left.
+    fn lock_for_write(&mut self) -> Result<IndexWriter, IndexError> {
+        let writer = self.writer()?;
+        if committed_generation(&self.index, &self.dir)? != self.generation {
+            let encoder = self.encoder.get().cloned();
+            *self = Collection::open_dir(&self.name, self.dir.clone())?;
+            if let Some(encoder) = encoder {
+                let _ = self.encoder.set(encoder);
+            }
+            if let Some(vectors) = &self.vectors {
+                vectors.remove_uncommitted(&self.dir.join(VECTORS_DIR), self.generation)?;
+            }
         }
         Ok(writer)
     }
 
     /// Commits what `writer` and the vector index hold, if `queued` is Ok, as one change:
-    /// the next vector generation is written first, then the tantivy commit names it. On any
-    /// error both are rolled back to the last commit.
+    /// the next vector commit is written first (what changed, and a file naming the segment
+    /// set), then the tantivy commit names it. On any error both are rolled back to the last
+    /// commit: tantivy's writer, and the vectors to `before`.
     fn finish(
         &mut self,
         mut writer: IndexWriter,
         queued: Result<(), IndexError>,
+        before: Option<VectorIndex>,
     ) -> Result<(), IndexError> {
         let generation = self.generation + 1;
         let vectors_dir = self.dir.join(VECTORS_DIR);
         let committed = queued
-            .and_then(|()| match &self.vectors {
+            .and_then(|()| match &mut self.vectors {
                 Some(vectors) => vectors.save(&vectors_dir, generation),
                 None => Ok(()),
             })
@@ -785,26 +920,25 @@ impl Collection {
             // Nothing was committed; drop the files written so far as well.
             let _ = writer.rollback();
             let _ = writer.garbage_collect_files().wait();
-            if let Some(semantic) = &self.manifest.semantic {
-                let _ = std::fs::remove_dir_all(vectors::generation_dir(&vectors_dir, generation));
-                self.vectors = Some(load_vectors(&self.dir, semantic, self.generation)?);
+            self.vectors = before;
+            if let Some(vectors) = &self.vectors {
+                let _ = vectors.remove_uncommitted(&vectors_dir, self.generation);
             }
             return Err(error);
         }
         self.generation = generation;
-        if self.vectors.is_some() {
-            if let Err(error) = vectors::remove_other_generations(&vectors_dir, generation) {
-                tracing::warn!("leaving an old vector generation behind: {error}");
+        if let Some(vectors) = &self.vectors {
+            if let Err(error) = vectors.remove_uncommitted(&vectors_dir, generation) {
+                tracing::warn!("leaving files of an old vector commit behind: {error}");
             }
         }
         writer.wait_merging_threads().map_err(|e| self.tantivy_error(e))?;
         self.reader.reload().map_err(|e| self.tantivy_error(e))?;
+        self.searcher = self.reader.searcher();
         self.manifest.document_count = self.document_count();
-        self.manifest.save(&self.dir)?;
-        if self.vectors.as_ref().is_some_and(|v| v.dead_fraction() > COMPACT_THRESHOLD) {
-            self.compact()?;
-        }
-        Ok(())
+        // The files are now in this build's layout.
+        self.manifest.format_version = crate::manifest::FORMAT_VERSION;
+        self.manifest.save(&self.dir)
     }
 
     fn tantivy_document(&self, document: &Document) -> TantivyDocument {
@@ -885,7 +1019,49 @@ impl Collection {
             title: text_of(self.fields.title),
             text: text_of(self.fields.text),
             metadata,
+            vector: None,
         })
+    }
+}
+
+/// `vector` at unit length, checked: the collection's vectors are compared by their dot
+/// product, which is their cosine only at unit length.
+pub fn unit_vector(mut vector: Vec<f32>, dimension: usize) -> Result<Vec<f32>, String> {
+    if vector.len() != dimension {
+        return Err(format!(
+            "it has {} values; the collection's vectors have {dimension}",
+            vector.len()
+        ));
+    }
+    if let Some(position) = vector.iter().position(|x| !x.is_finite()) {
+        return Err(format!("value {position} is not a finite number"));
+    }
+    let norm = vector.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+    if norm == 0.0 || !norm.is_finite() {
+        return Err("it has length zero, so it points nowhere (cosine is undefined)".to_string());
+    }
+    vector.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
+    Ok(vector)
+}
+
+/// The vectors one write adds, in the order their documents came; an id embedded twice keeps
+/// its last vectors (the vector index sees to that), and a delete drops it.
+#[derive(Default)]
+struct Staged {
+    documents: Vec<(String, Vec<Vec<f32>>)>,
+    ids: HashSet<String>,
+}
+
+impl Staged {
+    fn add(&mut self, id: String, vectors: Vec<Vec<f32>>) {
+        self.ids.insert(id.clone());
+        self.documents.push((id, vectors));
+    }
+
+    fn remove(&mut self, id: &str) {
+        if self.ids.remove(id) {
+            self.documents.retain(|(staged, _)| staged != id);
+        }
     }
 }
 
@@ -901,7 +1077,13 @@ mod tests {
     use super::*;
 
     fn document(id: &str, title: &str, text: &str) -> Result<Document, IndexError> {
-        Ok(Document { id: id.into(), title: title.into(), text: text.into(), metadata: Map::new() })
+        Ok(Document {
+            id: id.into(),
+            title: title.into(),
+            text: text.into(),
+            metadata: Map::new(),
+            vector: None,
+        })
     }
 
     fn find(collection: &Collection, id: &str) -> Option<Document> {

@@ -47,6 +47,18 @@ pub enum IndexError {
     UnknownDocuments { collection: String, ids: Vec<String> },
     #[error("collection \"{0}\" has no vectors: create it with a model (cloze index --model DIR)")]
     NoModel(String),
+    #[error(
+        "collection \"{0}\" has no model: its documents bring their own vectors, and a semantic \
+         or hybrid search needs a query vector (`vector`) rather than text alone"
+    )]
+    NoEncoder(String),
+    #[error(
+        "document \"{id}\" has no vector, and collection \"{collection}\" has no model to \
+         compute one: give each document its vector"
+    )]
+    MissingVector { collection: String, id: String },
+    #[error("the vector of document \"{id}\" in collection \"{collection}\": {message}")]
+    InvalidVector { collection: String, id: String, message: String },
     #[error("a query vector has {found} dimensions; collection \"{collection}\" holds {expected}")]
     DimensionMismatch { collection: String, expected: usize, found: usize },
     #[error("collection \"{0}\" kept changing while it was being opened; try again")]

@@ -79,3 +79,9 @@ pub(crate) fn copy_tree_synced(
     }
     copy(from, from, to, skip)
 }
+
+/// Where there is no /proc to ask, every process counts as running: nothing is removed.
+pub(crate) fn process_is_running(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    pid == std::process::id() || !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+}

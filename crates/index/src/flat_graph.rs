@@ -20,8 +20,8 @@ use std::collections::{BinaryHeap, HashMap};
 
 use hnsw_rs::prelude::Hnsw;
 
+use crate::distance::{prefetch, with_avx2, UnitCosine};
 use crate::quantized::{QuantizedQuery, Quantizer};
-use crate::vectors::UnitCosine;
 
 const CACHE_LINE: usize = 64;
 
@@ -45,24 +45,6 @@ pub(crate) struct FlatGraph {
     upper: HashMap<u32, Vec<Vec<u32>>>,
     /// Where searches start: a point of the top layer, and that layer.
     entry: Option<(u32, usize)>,
-}
-
-/// Asks the CPU to start loading `values` into its cache, so that the loads of several
-/// far-apart places overlap instead of queueing.
-#[inline(always)]
-pub(crate) fn prefetch<T>(values: &[T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let first = values.as_ptr() as usize & !(CACHE_LINE - 1);
-        let end = values.as_ptr() as usize + std::mem::size_of_val(values);
-        for line in (first..end).step_by(CACHE_LINE) {
-            // SAFETY: a prefetch only hints at an address; it cannot fault.
-            unsafe {
-                use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-                _mm_prefetch::<_MM_HINT_T0>(line as *const i8);
-            }
-        }
-    }
 }
 
 /// A point and its distance to the query, ordered by distance (then slot, for determinism).
@@ -233,20 +215,7 @@ impl FlatGraph {
         query: &[f32],
         accept: impl Fn(u32) -> bool,
     ) -> Vec<u32> {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has the feature the function is compiled for.
-            return unsafe { self.search_avx2(ef, query, accept) };
-        }
-        self.walk(ef, query, accept)
-    }
-
-    /// [`Self::walk`] compiled for AVX2, so that the byte dot product is part of the loop
-    /// rather than a call per vector.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn search_avx2(&self, ef: usize, query: &[f32], accept: impl Fn(u32) -> bool) -> Vec<u32> {
-        self.walk(ef, query, accept)
+        with_avx2(|| self.walk(ef, query, accept))
     }
 
     #[inline(always)]

@@ -10,7 +10,8 @@ use crate::error::IndexError;
 
 /// The collection layout this build writes; it opens this version and older ones.
 /// 2: optional vectors (`semantic`) beside the keyword index.
-pub const FORMAT_VERSION: u32 = 2;
+/// 3: vectors in segments; vectors given with the documents (`semantic.dimension`, no model).
+pub const FORMAT_VERSION: u32 = 3;
 
 pub(crate) const MANIFEST_FILE: &str = "manifest.json";
 
@@ -55,7 +56,13 @@ pub struct FusionSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SemanticSettings {
-    pub model: ModelRecord,
+    /// The model that embeds documents and queries; without one, documents bring their own
+    /// vectors and searches their query vectors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelRecord>,
+    /// The length of the vectors of a collection without a model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimension: Option<usize>,
     /// Documents longer than the model's length are cut into windows that overlap by this many
     /// tokens, one vector each, and a document scores by its best window. Without it they are
     /// truncated.
@@ -68,24 +75,64 @@ pub struct SemanticSettings {
     pub hnsw: HnswSettings,
 }
 
+/// The longest vectors a collection without a model takes (Elasticsearch's `dense_vector`
+/// limit).
+pub const MAX_DIMENSION: usize = 4096;
+
 impl SemanticSettings {
+    /// The settings of a collection whose documents bring vectors of `dimension` values.
+    pub fn with_dimension(dimension: usize, hnsw: HnswSettings) -> SemanticSettings {
+        SemanticSettings {
+            model: None,
+            dimension: Some(dimension),
+            window_overlap: None,
+            window_length: None,
+            hnsw,
+        }
+    }
+
+    /// The length of the collection's vectors.
+    pub fn dimension(&self) -> usize {
+        self.model.as_ref().map_or(self.dimension.unwrap_or(0), |model| model.dimension)
+    }
+
     /// Tokens per window, [CLS] and [SEP] included.
     pub fn window_length(&self) -> usize {
-        self.window_length.unwrap_or(self.model.max_len)
+        self.window_length.unwrap_or(self.model.as_ref().map_or(0, |model| model.max_len))
     }
 
     /// Checks the settings of a new collection, naming the field at fault.
     pub fn validate(&self) -> Result<(), String> {
         self.hnsw.validate()?;
+        let Some(model) = &self.model else {
+            return match self.dimension {
+                _ if self.window_overlap.is_some() || self.window_length.is_some() => Err(
+                    "window_overlap and window_length need a model to cut documents into windows"
+                        .to_string(),
+                ),
+                Some(dimension) if (1..=MAX_DIMENSION).contains(&dimension) => Ok(()),
+                Some(dimension) => Err(format!(
+                    "dimension is {dimension}; it must be between 1 and {MAX_DIMENSION}"
+                )),
+                None => Err("a collection with vectors needs a model or a dimension".to_string()),
+            };
+        };
+        if self.dimension.is_some_and(|dimension| dimension != model.dimension) {
+            return Err(format!(
+                "dimension is {}, but the model's vectors have {}",
+                self.dimension.unwrap_or_default(),
+                model.dimension
+            ));
+        }
         let length = self.window_length();
         if self.window_length.is_some() && self.window_overlap.is_none() {
             return Err("window_length needs window_overlap (windows are off)".to_string());
         }
-        if length < 3 || length > self.model.max_len {
+        if length < 3 || length > model.max_len {
             return Err(format!(
                 "window_length is {length}; it must be between 3 ([CLS], [SEP] and one token) \
                  and the model's length, {}",
-                self.model.max_len
+                model.max_len
             ));
         }
         match self.window_overlap {
@@ -161,7 +208,7 @@ impl Manifest {
         manifest
             .analyzer
             .validate()
-            .and_then(|()| manifest.semantic.as_ref().map_or(Ok(()), |s| s.hnsw.validate()))
+            .and_then(|()| manifest.semantic.as_ref().map_or(Ok(()), SemanticSettings::validate))
             .map_err(|message| IndexError::InvalidManifest { path, message })?;
         Ok(manifest)
     }

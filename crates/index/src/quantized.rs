@@ -17,6 +17,8 @@
 //! which a byte per value would round away. A query's dot product with the mean is the same for
 //! every vector, so it is added back once per query.
 
+use crate::distance::dot_bytes;
+
 /// Writes the bytes of `values` into `codes` and returns the scale (0 when all are 0).
 fn quantize(values: impl Iterator<Item = f32> + Clone, codes: &mut [u8]) -> f32 {
     let largest = values.clone().fold(0f32, |largest, x| largest.max(x.abs()));
@@ -87,85 +89,9 @@ impl QuantizedQuery {
     }
 }
 
-/// The dot product of two vectors of signed bytes, exactly.
-#[inline(always)]
-fn dot_bytes(a: &[u8], b: &[u8]) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU has the feature the function is compiled for.
-        return unsafe { dot_bytes_avx2(a, b) };
-    }
-    dot_bytes_plain(a, b)
-}
-
-fn dot_bytes_plain(a: &[u8], b: &[u8]) -> i32 {
-    a.iter().zip(b).map(|(&x, &y)| i32::from(x as i8) * i32::from(y as i8)).sum()
-}
-
-/// 32 bytes per step, in two independent sums. The one instruction that multiplies bytes
-/// (`maddubs`) takes one side unsigned, so `a`'s sign moves onto `b`: |a| × (b × sign a) = a × b.
-/// Adjacent products are summed into 16 bits (at most 2 × 127 × 127, which fits), then into 32.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-fn dot_bytes_avx2(a: &[u8], b: &[u8]) -> i32 {
-    use std::arch::x86_64::{
-        __m256i, _mm256_add_epi32, _mm256_loadu_si256, _mm256_madd_epi16, _mm256_maddubs_epi16,
-        _mm256_set1_epi16, _mm256_setzero_si256, _mm256_sign_epi8, _mm256_storeu_si256,
-    };
-    let n = a.len().min(b.len());
-    let ones = _mm256_set1_epi16(1);
-    // SAFETY: the loads read 32 bytes starting at `i`, and callers keep `i + 32 <= n`.
-    let load = |i: usize| unsafe {
-        (
-            _mm256_loadu_si256(a.as_ptr().add(i).cast::<__m256i>()),
-            _mm256_loadu_si256(b.as_ptr().add(i).cast::<__m256i>()),
-        )
-    };
-    let product = |(x, y): (__m256i, __m256i)| {
-        _mm256_madd_epi16(
-            _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)),
-            ones,
-        )
-    };
-    let mut sums = [_mm256_setzero_si256(); 2];
-    let mut i = 0;
-    while i + 64 <= n {
-        sums[0] = _mm256_add_epi32(sums[0], product(load(i)));
-        sums[1] = _mm256_add_epi32(sums[1], product(load(i + 32)));
-        i += 64;
-    }
-    if i + 32 <= n {
-        sums[0] = _mm256_add_epi32(sums[0], product(load(i)));
-        i += 32;
-    }
-    let mut lanes = [0i32; 8];
-    // SAFETY: `lanes` holds the 8 integers written.
-    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), _mm256_add_epi32(sums[0], sums[1])) };
-    lanes.iter().sum::<i32>() + dot_bytes_plain(&a[i..n], &b[i..n])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_byte_dot_product_is_exact_at_every_length() {
-        for n in (0..80).chain([127, 128, 384, 385]) {
-            // Runs of ±127 too: there 16-bit sums of products would overflow if they could.
-            let byte = |i: usize, step: usize, extreme: i8| -> u8 {
-                let value = if i % 7 < 2 { extreme as u8 } else { ((i * step) % 256) as u8 };
-                if value == 0x80 {
-                    0x81
-                } else {
-                    value
-                }
-            };
-            let a: Vec<u8> = (0..n).map(|i| byte(i, 37, 127)).collect();
-            let b: Vec<u8> = (0..n).map(|i| byte(i, 91, -127)).collect();
-            assert_eq!(dot_bytes(&a, &b), dot_bytes_plain(&a, &b), "length {n}");
-        }
-    }
 
     #[test]
     fn quantized_dot_products_are_close_to_the_exact_ones() {

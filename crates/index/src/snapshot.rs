@@ -1,7 +1,7 @@
 //! Snapshots: a consistent copy of a collection, made while it serves, and loaded back whole.
 //!
-//! A snapshot is a folder with the collection's manifest, its tantivy index and the one vector
-//! generation its last commit names, plus `snapshot.json` describing it. It is taken holding
+//! A snapshot is a folder with the collection's manifest, its tantivy index and the vector
+//! segments its last commit names, plus `snapshot.json` describing it. It is taken holding
 //! the collection's write lock (the same one every write takes, in this process or another),
 //! so no commit lands while files are copied; searches go on. Both making and loading one
 //! build in a hidden folder and rename it into place, so a crash leaves no half copy behind.
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::collection::{committed_generation, Collection, DataDir, TANTIVY_DIR};
 use crate::error::IndexError;
 use crate::files::{copy_tree_synced, io_error, remove_dir, rename_synced, write_synced};
-use crate::vectors::{generation_dir, VECTORS_DIR};
+use crate::vectors::{VectorIndex, VECTORS_DIR};
 
 /// The file that describes a snapshot, in its folder.
 pub const SNAPSHOT_FILE: &str = "snapshot.json";
@@ -95,16 +95,17 @@ impl DataDir {
         let _writer = wait_for_writer(&collection)?;
         let dir = collection.path();
         let generation = committed_generation(collection.index(), dir)?;
-        let keep_vectors = generation_dir(Path::new(VECTORS_DIR), generation);
+        let committed = VectorIndex::committed_files(&dir.join(VECTORS_DIR), generation)?;
         let skip = |relative: &Path| {
             let tantivy_lock = relative.starts_with(TANTIVY_DIR)
                 && relative
                     .file_name()
                     .is_some_and(|file| file.to_string_lossy().ends_with(".lock"));
-            let other_generation = relative.starts_with(VECTORS_DIR)
-                && relative.components().count() == 2
-                && relative != keep_vectors;
-            tantivy_lock || other_generation
+            // Only what the last commit names: no merge being built, no superseded commit.
+            let uncommitted = relative.starts_with(VECTORS_DIR)
+                && relative != Path::new(VECTORS_DIR)
+                && !committed.contains(relative);
+            tantivy_lock || uncommitted
         };
         let parent = destination.parent().unwrap_or(Path::new("."));
         let building = parent.join(format!(".{snapshot}.snapshotting-{}", std::process::id()));
@@ -259,6 +260,7 @@ mod tests {
             title: String::new(),
             text: text.to_string(),
             metadata: Default::default(),
+            vector: None,
         })
     }
 

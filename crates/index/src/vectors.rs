@@ -1,556 +1,471 @@
-//! The vector side of a collection: one vector per document (or per window of a long document)
-//! in an HNSW graph, with the document ids they belong to.
-//!
-//! Vectors live in numbered generations, each a complete, immutable folder:
+//! The vector side of a collection: one vector per document (or per window of a long document),
+//! kept in segments, with the document ids they belong to.
 //!
 //! ```text
-//! vectors/<generation>/vectors.f32        every slot's vector, little-endian f32
-//! vectors/<generation>/hnsw.hnsw.graph    the HNSW graph (hnsw_rs's dump)
-//! vectors/<generation>/hnsw.hnsw.data
-//! vectors/<generation>/slots.json         slot -> document id, tombstones, checksums; written last
+//! vectors/commit-<gen>.json    the segments of commit <gen> and which tombstone file each reads
+//! vectors/<segment>/           one segment (see the segment module)
 //! ```
 //!
-//! A write builds the next generation beside the current one; the tantivy commit that makes the
-//! same documents visible names it (the commit payload), so the two indexes change together or
-//! not at all. A generation no commit names is debris of an interrupted write and is removed.
+//! This is Lucene's design, which Elasticsearch and OpenSearch run on: a write adds one small
+//! segment with its own vectors and marks the vectors it replaces or deletes as tombstones in
+//! the segments that hold them, so it writes what it changes and nothing else; a commit file
+//! names the segment set, and the tantivy commit that makes the same documents visible names
+//! that file (its payload), so the two indexes change together or not at all. Segments are
+//! merged in the background ([`crate::merge`]), which builds their graphs and drops their
+//! tombstones. Files no commit names are debris of interrupted writes and superseded commits,
+//! and are removed.
 //!
-//! hnsw_rs cannot delete a point, so a replaced or deleted document's slots become tombstones,
-//! skipped by a search filter, until [`VectorIndex::compacted`] rebuilds the graph without them.
+//! A document's live vectors are all in one segment. How segments are searched is in the
+//! nearest module, how they are merged in the merge module.
 
 use std::collections::{HashMap, HashSet};
-use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use hnsw_rs::anndists::dist::Distance;
-use hnsw_rs::prelude::{AnnT, Hnsw, HnswIo};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::IndexError;
 use crate::files::{io_error, read_all, remove_dir, sync_dir, write_synced};
-use crate::flat_graph::{prefetch, FlatGraph};
 use crate::manifest::HnswSettings;
+use crate::segment::Segment;
 
 pub(crate) const VECTORS_DIR: &str = "vectors";
-const SLOTS_FILE: &str = "slots.json";
-const VECTORS_FILE: &str = "vectors.f32";
-const HNSW_BASENAME: &str = "hnsw";
-/// hnsw_rs's layer cap; with M = 16 it is reached only past billions of points.
-const MAX_LAYERS: usize = 16;
-
-/// Cosine distance between unit vectors: 1 - dot. anndists' `DistDot` asserts the result is not
-/// negative, which rounding breaks for near-identical vectors.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct UnitCosine;
-
-impl Distance<f32> for UnitCosine {
-    fn eval(&self, a: &[f32], b: &[f32]) -> f32 {
-        (1.0 - dot(a, b)).max(0.0)
-    }
-}
-
-/// The dot product: most of the time of building the graph, of exact search and of scoring
-/// what a graph walk found, so where the CPU has AVX2 and FMA (checked at run time: the binary
-/// itself targets any x86-64) they are used. AVX-512 was slower on an AMD EPYC.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { dot_fma(a, b) };
-    }
-    dot_lanes(a, b)
-}
-
-/// Four independent sums of eight lanes, each step a fused multiply-add: the compiler never
-/// fuses a multiply and an add by itself (the rounding would differ), and one sum would wait on
-/// the latency of the one before.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::{
-        __m256, _mm256_add_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_setzero_ps,
-        _mm256_storeu_ps,
-    };
-    let n = a.len().min(b.len());
-    let (a_ptr, b_ptr) = (a.as_ptr(), b.as_ptr());
-    // SAFETY: every load reads 8 floats starting at `i + offset`, and `i + offset + 8 <= n`.
-    let load = |i: usize| unsafe { (_mm256_loadu_ps(a_ptr.add(i)), _mm256_loadu_ps(b_ptr.add(i))) };
-    let mut sums: [__m256; 4] = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (lane, sum) in sums.iter_mut().enumerate() {
-            let (x, y) = load(i + 8 * lane);
-            *sum = _mm256_fmadd_ps(x, y, *sum);
-        }
-        i += 32;
-    }
-    while i + 8 <= n {
-        let (x, y) = load(i);
-        sums[0] = _mm256_fmadd_ps(x, y, sums[0]);
-        i += 8;
-    }
-    let total = _mm256_add_ps(_mm256_add_ps(sums[0], sums[1]), _mm256_add_ps(sums[2], sums[3]));
-    let mut lanes = [0f32; 8];
-    // SAFETY: `lanes` holds the 8 floats written.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), total) };
-    let tail: f32 = a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum();
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// Sums in sixteen independent lanes: a single running sum must add in order, which keeps the
-/// compiler from using SIMD registers.
-#[inline(always)]
-fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
-    let mut lanes = [0f32; LANES];
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for lane in 0..LANES {
-            lanes[lane] += x[lane] * y[lane];
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// A filtered search that lets at most this many vectors through compares the query with each
-/// of them: exact, and cheaper than steering the graph around the many documents it must skip.
-const EXACT_FILTERED_SLOTS: usize = 10_000;
-
-/// What `slots.json` holds.
+/// What `commit-<gen>.json` holds.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SlotsFile {
-    dimension: usize,
-    /// The document id of each slot.
-    owners: Vec<String>,
-    /// Slots of replaced or deleted documents, ascending.
-    tombstones: Vec<usize>,
-    /// SHA-256 of each data file of the generation, by name.
-    checksums: HashMap<String, String>,
+struct CommitFile {
+    segments: Vec<CommittedSegment>,
 }
 
-/// A nearest slot: its document and cosine similarity to the query.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Neighbour {
-    pub id: String,
-    pub similarity: f32,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommittedSegment {
+    name: String,
+    /// The commit whose tombstone file holds this segment's dead slots; None when only those
+    /// dead at its birth are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tombstones: Option<u64>,
 }
 
-/// Vectors in an HNSW graph, each owned by a document id. A collection keeps one beside its
-/// keyword index; it is public so benchmarks can drive the very search the service runs.
+/// A segment and which of its slots are dead as of this state of the index.
+#[derive(Clone)]
+pub(crate) struct Part {
+    pub(crate) segment: Arc<Segment>,
+    /// Copied on write: a state being changed never changes the one searches read.
+    pub(crate) dead: Arc<Vec<bool>>,
+    pub(crate) dead_slots: usize,
+    /// Documents with live vectors here.
+    pub(crate) live_documents: usize,
+    tombstones: Option<u64>,
+    /// Slots died since the tombstones were last written.
+    changed: bool,
+    /// Not on disk yet.
+    unsaved: bool,
+}
+
+impl Part {
+    pub(crate) fn new(segment: Segment, unsaved: bool) -> Part {
+        let mut dead = vec![false; segment.slots()];
+        for &slot in &segment.born_dead {
+            dead[slot as usize] = true;
+        }
+        Part::with_dead(Arc::new(segment), dead, unsaved)
+    }
+
+    /// `segment` with the slots `dead` marks dead.
+    pub(crate) fn with_dead(segment: Arc<Segment>, dead: Vec<bool>, unsaved: bool) -> Part {
+        let dead_slots = dead.iter().filter(|&&d| d).count();
+        let live_documents = segment
+            .slots_of
+            .values()
+            .filter(|slots| slots.first().is_some_and(|&s| !dead[s as usize]))
+            .count();
+        Part {
+            segment,
+            dead: Arc::new(dead),
+            dead_slots,
+            live_documents,
+            tombstones: None,
+            changed: false,
+            unsaved,
+        }
+    }
+
+    pub(crate) fn live_slots(&self) -> usize {
+        self.segment.slots() - self.dead_slots
+    }
+
+    pub(crate) fn dead_fraction(&self) -> f64 {
+        self.dead_slots as f64 / self.segment.slots().max(1) as f64
+    }
+
+    pub(crate) fn is_live(&self, slot: u32) -> bool {
+        !self.dead[slot as usize]
+    }
+
+    /// The live slots of `id` here, if it has any.
+    pub(crate) fn live_slots_of(&self, id: &str) -> Option<&[u32]> {
+        let slots = self.segment.slots_of.get(id)?;
+        slots.first().is_some_and(|&slot| self.is_live(slot)).then_some(slots.as_slice())
+    }
+
+    /// Marks `slots` dead (the slots of one document).
+    pub(crate) fn kill(&mut self, slots: &[u32]) {
+        let dead = Arc::make_mut(&mut self.dead);
+        let mut killed = 0;
+        for &slot in slots {
+            if !std::mem::replace(&mut dead[slot as usize], true) {
+                killed += 1;
+            }
+        }
+        if killed > 0 {
+            self.dead_slots += killed;
+            self.live_documents -= 1;
+            self.changed = true;
+        }
+    }
+}
+
+/// Vectors in segments, each owned by a document id. A collection keeps one beside its keyword
+/// index; it is public so benchmarks can drive the very search the service runs.
+///
+/// Cloning is cheap (segments are shared): a write changes its own copy and publishes it whole.
+#[derive(Clone)]
 pub struct VectorIndex {
     dimension: usize,
     settings: HnswSettings,
-    owners: Vec<String>,
-    /// Slot-major, `dimension` floats per slot.
-    vectors: Vec<f32>,
-    dead: Vec<bool>,
-    dead_count: usize,
-    /// The live slots of each document.
-    slots_of: HashMap<String, Vec<usize>>,
-    /// `'static`: a loaded graph owns its points (no memory map), see [`load_graph`]. It
-    /// builds and persists the graph; searches walk `flat`, a copy of its links.
-    graph: Hnsw<'static, f32, UnitCosine>,
-    flat: FlatGraph,
+    pub(crate) parts: Vec<Part>,
 }
 
 impl VectorIndex {
     pub fn empty(dimension: usize, settings: HnswSettings) -> VectorIndex {
-        VectorIndex {
-            dimension,
-            settings,
-            owners: Vec::new(),
-            vectors: Vec::new(),
-            dead: Vec::new(),
-            dead_count: 0,
-            slots_of: HashMap::new(),
-            graph: new_graph(&settings, 0),
-            flat: FlatGraph::empty(dimension),
-        }
+        VectorIndex { dimension, settings, parts: Vec::new() }
     }
 
     pub(crate) fn dimension(&self) -> usize {
         self.dimension
     }
 
-    /// Live documents with vectors.
-    pub(crate) fn document_count(&self) -> usize {
-        self.slots_of.len()
+    pub(crate) fn settings(&self) -> &HnswSettings {
+        &self.settings
     }
 
-    pub(crate) fn live_slots(&self) -> usize {
-        self.owners.len() - self.dead_count
+    /// Live documents with vectors.
+    pub(crate) fn document_count(&self) -> usize {
+        self.parts.iter().map(|part| part.live_documents).sum()
+    }
+
+    pub fn live_slots(&self) -> usize {
+        self.parts.iter().map(Part::live_slots).sum()
     }
 
     pub(crate) fn dead_count(&self) -> usize {
-        self.dead_count
+        self.parts.iter().map(|part| part.dead_slots).sum()
     }
 
-    /// The share of slots that are tombstones.
-    pub(crate) fn dead_fraction(&self) -> f64 {
-        self.dead_count as f64 / self.owners.len().max(1) as f64
+    /// How many segments hold the vectors.
+    pub fn segment_count(&self) -> usize {
+        self.parts.len()
     }
 
     /// The ids of documents with vectors, in no order.
     pub(crate) fn ids(&self) -> impl Iterator<Item = &str> {
-        self.slots_of.keys().map(String::as_str)
+        self.parts.iter().flat_map(|part| {
+            part.segment
+                .slots_of
+                .iter()
+                .filter(|(_, slots)| slots.first().is_some_and(|&slot| part.is_live(slot)))
+                .map(|(id, _)| id.as_str())
+        })
+    }
+
+    /// The segment holding the live vectors of `id`, and those vectors' slots.
+    pub(crate) fn locate(&self, id: &str) -> Option<(&Part, &[u32])> {
+        self.parts.iter().find_map(|part| part.live_slots_of(id).map(|slots| (part, slots)))
     }
 
     /// Tombstones the vectors of `id`, if it has any.
     pub(crate) fn remove(&mut self, id: &str) {
-        for slot in self.slots_of.remove(id).unwrap_or_default() {
-            self.dead[slot] = true;
-            self.dead_count += 1;
+        for part in &mut self.parts {
+            if let Some(slots) = part.live_slots_of(id).map(<[u32]>::to_vec) {
+                part.kill(&slots);
+                return;
+            }
         }
     }
 
-    /// Gives each document its vectors (one per window), replacing any it had.
+    /// Gives each document its vectors (one per window), replacing any it had: they become
+    /// one new segment, searched exactly until a merge gives it a graph.
     pub fn insert(&mut self, documents: Vec<(String, Vec<Vec<f32>>)>) {
-        let first = self.owners.len();
-        for (id, vectors) in documents {
-            // Also covers an id given twice in one batch: the last vectors win.
-            self.remove(&id);
-            let mut slots = Vec::with_capacity(vectors.len());
-            for vector in vectors {
-                debug_assert_eq!(vector.len(), self.dimension);
-                slots.push(self.owners.len());
-                self.owners.push(id.clone());
-                self.vectors.extend_from_slice(&vector);
-                self.dead.push(false);
-            }
-            self.slots_of.insert(id, slots);
+        // An id given twice keeps its last vectors.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (position, (id, _)) in documents.iter().enumerate() {
+            last.insert(id, position);
         }
-        let points: Vec<(&[f32], usize)> =
-            (first..self.owners.len()).map(|slot| (self.vector(slot), slot)).collect();
-        self.graph.parallel_insert_slice(&points);
-        self.flat = FlatGraph::from_hnsw(&self.graph, &self.vectors, self.dimension);
-    }
-
-    fn vector(&self, slot: usize) -> &[f32] {
-        &self.vectors[slot * self.dimension..(slot + 1) * self.dimension]
-    }
-
-    /// The same live vectors in a fresh graph, without tombstones.
-    pub(crate) fn compacted(&self) -> VectorIndex {
-        let mut fresh = VectorIndex::empty(self.dimension, self.settings);
-        // Slots in order keep each document's windows in order.
-        let live = (0..self.owners.len())
-            .filter(|&slot| !self.dead[slot])
-            .map(|slot| (self.owners[slot].as_str(), slot));
-        let mut documents: Vec<(String, Vec<Vec<f32>>)> = Vec::new();
-        let mut position: HashMap<&str, usize> = HashMap::new();
-        for (id, slot) in live {
-            let index = *position.entry(id).or_insert_with(|| {
-                documents.push((id.to_string(), Vec::new()));
-                documents.len() - 1
-            });
-            documents[index].1.push(self.vector(slot).to_vec());
+        let keep: Vec<bool> = (0..documents.len())
+            .map(|position| last[documents[position].0.as_str()] == position)
+            .collect();
+        let documents: Vec<(String, Vec<Vec<f32>>)> = documents
+            .into_iter()
+            .zip(keep)
+            .filter_map(|(document, keep)| keep.then_some(document))
+            .collect();
+        if documents.is_empty() {
+            return;
         }
-        fresh.insert(documents);
-        fresh
-    }
-
-    /// The documents nearest to `query` by their best vector, best first: at most `limit`,
-    /// searched with `ef` candidates (raised to the number of vectors asked for). With
-    /// `allowed`, only those documents are considered.
-    pub fn nearest(
-        &self,
-        query: &[f32],
-        limit: usize,
-        ef: usize,
-        allowed: Option<&HashSet<String>>,
-    ) -> Vec<Neighbour> {
-        self.nearest_with(query, limit, ef, allowed, EXACT_FILTERED_SLOTS)
-    }
-
-    fn nearest_with(
-        &self,
-        query: &[f32],
-        limit: usize,
-        ef: usize,
-        allowed: Option<&HashSet<String>>,
-        exact_filtered_slots: usize,
-    ) -> Vec<Neighbour> {
-        let allowed_slots: Option<Vec<usize>> = allowed.map(|allowed| {
-            allowed.iter().filter_map(|id| self.slots_of.get(id)).flatten().copied().collect()
-        });
-        if let Some(slots) = &allowed_slots {
-            if slots.len() <= exact_filtered_slots {
-                return self.exact_among(query, slots.iter().copied(), limit);
-            }
+        for (id, _) in &documents {
+            self.remove(id);
         }
-        let live = allowed_slots.as_ref().map_or(self.live_slots(), Vec::len);
-        if limit == 0 || live == 0 {
-            return Vec::new();
-        }
-        let accept = |slot: u32| {
-            let slot = slot as usize;
-            !self.dead[slot] && allowed.is_none_or(|allowed| allowed.contains(&self.owners[slot]))
-        };
-        // With windows a document has several slots: ask for enough slots to find `limit`
-        // documents, and more if the best slots crowd into few documents.
-        let per_document = self.live_slots().div_ceil(self.document_count().max(1));
-        let mut wanted = (limit * per_document).min(live);
-        loop {
-            // The walk's distances are approximate: what it found is scored with the full vectors.
-            let found = self.flat.search(ef.max(wanted), query, accept);
-            for &slot in &found {
-                prefetch(self.vector(slot as usize));
-            }
-            let neighbours =
-                self.exact_among(query, found.into_iter().map(|slot| slot as usize), limit);
-            if neighbours.len() >= limit || wanted == live {
-                return neighbours;
-            }
-            wanted = (wanted * 2).min(live);
-        }
+        let segment = Segment::flat(new_segment_name(), self.dimension, documents);
+        self.parts.push(Part::new(segment, true));
     }
 
-    /// The cosine similarity of `query` to the best vector of each document of `ids`, None for
-    /// a document without vectors: what [`Self::nearest`] would score it, for documents it did
-    /// not return.
-    pub fn similarities(&self, query: &[f32], ids: &[&str]) -> Vec<Option<f32>> {
-        ids.iter()
-            .map(|id| {
-                let slots = self.slots_of.get(*id)?;
-                slots.iter().map(|&slot| dot(query, self.vector(slot))).reduce(f32::max)
-            })
-            .collect()
-    }
-
-    /// The mean of the vectors of the documents of `ids` that have any, each document
-    /// weighing the same (its windows averaged first); None if none has vectors.
-    pub fn mean_vector(&self, ids: &[&str]) -> Option<Vec<f32>> {
-        let mut sum = vec![0.0f32; self.dimension];
-        let mut documents = 0usize;
-        for slots in ids.iter().filter_map(|id| self.slots_of.get(*id)) {
-            let share = 1.0 / slots.len() as f32;
-            for &slot in slots {
-                for (total, x) in sum.iter_mut().zip(self.vector(slot)) {
-                    *total += share * x;
+    /// Writes what changed since the last save, durably, and the file of commit `generation`
+    /// naming every segment: new segments, and tombstones where slots died. What the last
+    /// commit names is not touched, so a crash before the tantivy commit leaves it whole.
+    pub(crate) fn save(&mut self, vectors_dir: &Path, generation: u64) -> Result<(), IndexError> {
+        std::fs::create_dir_all(vectors_dir).map_err(io_error(vectors_dir))?;
+        for part in &mut self.parts {
+            let dir = vectors_dir.join(&part.segment.name);
+            if part.unsaved {
+                if dir.exists() {
+                    remove_dir(&dir)?;
                 }
+                part.segment.write(&dir, None)?;
             }
-            documents += 1;
-        }
-        if documents == 0 {
-            return None;
-        }
-        sum.iter_mut().for_each(|x| *x /= documents as f32);
-        Some(sum)
-    }
-
-    /// What [`Self::nearest`] approximates: every live vector compared with the query.
-    pub fn exact_nearest(&self, query: &[f32], limit: usize) -> Vec<Neighbour> {
-        self.exact_among(query, (0..self.owners.len()).filter(|&slot| !self.dead[slot]), limit)
-    }
-
-    /// The documents nearest to `query` by their best vector among `slots`, compared one by one.
-    fn exact_among(
-        &self,
-        query: &[f32],
-        slots: impl Iterator<Item = usize>,
-        limit: usize,
-    ) -> Vec<Neighbour> {
-        let mut scored: Vec<(usize, f32)> =
-            slots.map(|slot| (slot, dot(query, self.vector(slot)))).collect();
-        scored.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        best_per_document(scored.into_iter(), &self.owners, limit)
-    }
-
-    /// Writes this index as generation `generation` under `vectors_dir`, durably.
-    pub(crate) fn save(&self, vectors_dir: &Path, generation: u64) -> Result<(), IndexError> {
-        let dir = generation_dir(vectors_dir, generation);
-        if dir.exists() {
-            // Debris of an interrupted write that reached no commit.
-            remove_dir(&dir)?;
-        }
-        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-        let mut checksums = HashMap::new();
-        let bytes: Vec<u8> = self.vectors.iter().flat_map(|x| x.to_le_bytes()).collect();
-        write_synced(&dir.join(VECTORS_FILE), &bytes)?;
-        checksums.insert(VECTORS_FILE.to_string(), sha256(&bytes));
-        if !self.owners.is_empty() {
-            let basename = self.graph.file_dump(&dir, HNSW_BASENAME).map_err(|e| {
-                IndexError::Io { path: dir.clone(), source: std::io::Error::other(e.to_string()) }
-            })?;
-            if basename != HNSW_BASENAME {
-                return Err(IndexError::CorruptVectors {
-                    path: dir,
-                    message: format!("hnsw_rs wrote {basename}.* instead of {HNSW_BASENAME}.*"),
-                });
-            }
-            for name in graph_files() {
-                let path = dir.join(&name);
-                let bytes = std::fs::read(&path).map_err(io_error(&path))?;
-                std::fs::File::open(&path)
-                    .and_then(|file| file.sync_all())
-                    .map_err(io_error(&path))?;
-                checksums.insert(name, sha256(&bytes));
+            if part.changed {
+                let dead: Vec<u32> = part.live_or_dead(false).collect();
+                let path = dir.join(tombstones_file(generation));
+                write_synced(&path, &serde_json::to_vec(&dead).expect("serializes"))?;
+                sync_dir(&dir)?;
             }
         }
-        let mut tombstones: Vec<usize> = (0..self.dead.len()).filter(|&s| self.dead[s]).collect();
-        tombstones.sort_unstable();
-        let slots = SlotsFile {
-            dimension: self.dimension,
-            owners: self.owners.clone(),
-            tombstones,
-            checksums,
-        };
-        let json = serde_json::to_vec(&slots).expect("slots always serialize");
-        write_synced(&dir.join(SLOTS_FILE), &json)?;
-        sync_dir(&dir)?;
-        sync_dir(vectors_dir)
+        let commit = self.commit_file(Some(generation));
+        let path = vectors_dir.join(commit_file_name(generation));
+        write_synced(&path, &serde_json::to_vec_pretty(&commit).expect("serializes"))?;
+        sync_dir(vectors_dir)?;
+        for part in &mut self.parts {
+            if part.changed {
+                part.tombstones = Some(generation);
+            }
+            part.unsaved = false;
+            part.changed = false;
+        }
+        Ok(())
     }
 
-    /// Reads generation `generation`, checking every file against the checksums it was
-    /// written with; generation 0 is the empty index of a collection never written to.
+    /// The commit file of this state; `generation` is where changed tombstones are written.
+    fn commit_file(&self, generation: Option<u64>) -> CommitFile {
+        let segments = self
+            .parts
+            .iter()
+            .map(|part| CommittedSegment {
+                name: part.segment.name.clone(),
+                tombstones: if part.changed { generation } else { part.tombstones },
+            })
+            .collect();
+        CommitFile { segments }
+    }
+
+    /// Reads the segments that commit `generation` names, checking every file against its
+    /// checksum; generation 0 is the empty index of a collection never written to.
     pub(crate) fn load(
         vectors_dir: &Path,
         generation: u64,
         dimension: usize,
         settings: HnswSettings,
     ) -> Result<VectorIndex, IndexError> {
-        if generation == 0 {
-            return Ok(VectorIndex::empty(dimension, settings));
-        }
-        let dir = generation_dir(vectors_dir, generation);
-        let corrupt = |message: String| IndexError::CorruptVectors { path: dir.clone(), message };
-        let slots_path = dir.join(SLOTS_FILE);
-        let slots: SlotsFile =
-            serde_json::from_slice(&std::fs::read(&slots_path).map_err(io_error(&slots_path))?)
-                .map_err(|e| corrupt(format!("{SLOTS_FILE}: {e}")))?;
-        if slots.dimension != dimension {
-            return Err(corrupt(format!(
-                "{} dimensions, but the manifest says {dimension}",
-                slots.dimension
-            )));
-        }
-        let checked = |name: &str| -> Result<Vec<u8>, IndexError> {
-            let path = dir.join(name);
-            let bytes = read_all(&path)?;
-            match slots.checksums.get(name) {
-                Some(expected) if *expected == sha256(&bytes) => Ok(bytes),
-                Some(_) => Err(corrupt(format!("{name} does not match its checksum"))),
-                None => Err(corrupt(format!("{SLOTS_FILE} has no checksum for {name}"))),
+        let mut index = VectorIndex::empty(dimension, settings);
+        for committed in read_commit(vectors_dir, generation)?.segments {
+            let dir = vectors_dir.join(&committed.name);
+            let segment = Segment::load(&dir, dimension)?;
+            let mut part = Part::new(segment, false);
+            if let Some(tombstones) = committed.tombstones {
+                let path = dir.join(tombstones_file(tombstones));
+                let dead_slots: Vec<u32> =
+                    serde_json::from_slice(&read_all(&path)?).map_err(|e| {
+                        IndexError::CorruptVectors { path: path.clone(), message: e.to_string() }
+                    })?;
+                let mut dead = vec![false; part.segment.slots()];
+                for slot in dead_slots {
+                    *dead.get_mut(slot as usize).ok_or_else(|| IndexError::CorruptVectors {
+                        path: path.clone(),
+                        message: format!("tombstone {slot} is no slot"),
+                    })? = true;
+                }
+                part = Part::with_dead(part.segment, dead, false);
+                part.tombstones = Some(tombstones);
+                part.changed = false;
             }
+            index.parts.push(part);
+        }
+        Ok(index)
+    }
+
+    /// The paths, relative to the collection, of every file commit `generation` needs: what
+    /// a snapshot copies.
+    pub(crate) fn committed_files(
+        vectors_dir: &Path,
+        generation: u64,
+    ) -> Result<HashSet<PathBuf>, IndexError> {
+        let mut files = HashSet::new();
+        if generation == 0 || !vectors_dir.is_dir() {
+            return Ok(files);
+        }
+        let relative = Path::new(VECTORS_DIR);
+        let commit = read_commit(vectors_dir, generation)?;
+        if vectors_dir.join(commit_file_name(generation)).is_file() {
+            files.insert(relative.join(commit_file_name(generation)));
+        }
+        for segment in commit.segments {
+            let dir = relative.join(&segment.name);
+            for entry in std::fs::read_dir(vectors_dir.join(&segment.name))
+                .map_err(io_error(&vectors_dir.join(&segment.name)))?
+                .filter_map(Result::ok)
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let current = segment.tombstones.map(tombstones_file);
+                if !name.starts_with("tombstones-") || Some(&name) == current.as_ref() {
+                    files.insert(dir.join(name));
+                }
+            }
+            files.insert(dir);
+        }
+        Ok(files)
+    }
+
+    /// Removes what commit `generation` does not name: other commit files, segments of
+    /// interrupted or superseded writes and merges, and old tombstone files. Merges still
+    /// being built (see [`merging_folder`]) are left alone.
+    pub(crate) fn remove_uncommitted(
+        &self,
+        vectors_dir: &Path,
+        generation: u64,
+    ) -> Result<(), IndexError> {
+        let entries = match std::fs::read_dir(vectors_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(IndexError::Io { path: vectors_dir.to_path_buf(), source }),
         };
-        let bytes = checked(VECTORS_FILE)?;
-        if bytes.len() != slots.owners.len() * dimension * 4 {
-            return Err(corrupt(format!(
-                "{VECTORS_FILE} has {} bytes for {} vectors of {dimension} dimensions",
-                bytes.len(),
-                slots.owners.len()
-            )));
-        }
-        let vectors: Vec<f32> = bytes
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().expect("chunks of 4")))
-            .collect();
-        let graph = if slots.owners.is_empty() {
-            new_graph(&settings, 0)
-        } else {
-            for name in graph_files() {
-                checked(&name)?;
+        let current: HashMap<&str, Option<u64>> =
+            self.parts.iter().map(|part| (part.segment.name.as_str(), part.tombstones)).collect();
+        let commit = commit_file_name(generation);
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.rsplit_once(".merging-").is_some_and(|(_, owner)| merge_is_running(owner)) {
+                continue;
             }
-            let graph = load_graph(&dir).map_err(corrupt)?;
-            if graph.get_nb_point() != slots.owners.len() {
-                return Err(corrupt(format!(
-                    "the graph has {} points for {} slots",
-                    graph.get_nb_point(),
-                    slots.owners.len()
-                )));
-            }
-            graph
-        };
-        let mut dead = vec![false; slots.owners.len()];
-        for &slot in &slots.tombstones {
-            *dead.get_mut(slot).ok_or_else(|| corrupt(format!("tombstone {slot} is no slot")))? =
-                true;
-        }
-        let mut slots_of: HashMap<String, Vec<usize>> = HashMap::new();
-        for (slot, id) in slots.owners.iter().enumerate() {
-            if !dead[slot] {
-                slots_of.entry(id.clone()).or_default().push(slot);
+            match current.get(name.as_str()) {
+                Some(tombstones) => {
+                    let keep = tombstones.map(tombstones_file);
+                    for file in std::fs::read_dir(&path).map_err(io_error(&path))?.flatten() {
+                        let file_name = file.file_name().to_string_lossy().into_owned();
+                        if file_name.starts_with("tombstones-") && Some(&file_name) != keep.as_ref()
+                        {
+                            std::fs::remove_file(file.path()).map_err(io_error(&file.path()))?;
+                        }
+                    }
+                }
+                None if name == commit => {}
+                None if path.is_dir() => remove_dir(&path)?,
+                None => std::fs::remove_file(&path).map_err(io_error(&path))?,
             }
         }
-        let flat = FlatGraph::from_hnsw(&graph, &vectors, dimension);
-        Ok(VectorIndex {
-            dimension,
-            settings,
-            dead_count: dead.iter().filter(|d| **d).count(),
-            owners: slots.owners,
-            vectors,
-            dead,
-            slots_of,
-            flat,
-            graph,
-        })
+        Ok(())
     }
 }
 
-/// Keeps the first (best) score of each document, in the order given, until there are
-/// `limit`: a search rescores `ef` slots (up to hundreds) for ten documents, and hashing and
-/// copying the id of every one of them showed in profiles (Gutenberg, 30,000 vectors: 0.70 of
-/// hnswlib's queries/s before stopping at `limit`, 0.94 after, in two runs).
-fn best_per_document(
-    scored_slots: impl Iterator<Item = (usize, f32)>,
-    owners: &[String],
-    limit: usize,
-) -> Vec<Neighbour> {
-    let mut seen = std::collections::HashSet::new();
-    scored_slots
-        .filter(|(slot, _)| seen.insert(owners[*slot].as_str()))
-        .take(limit)
-        .map(|(slot, similarity)| Neighbour { id: owners[slot].clone(), similarity })
-        .collect()
-}
+impl Part {
+    /// This part's slots that are live (`live`) or dead, ascending.
+    fn live_or_dead(&self, live: bool) -> impl Iterator<Item = u32> + '_ {
+        (0..self.segment.slots() as u32).filter(move |&slot| self.is_live(slot) == live)
+    }
 
-fn new_graph(settings: &HnswSettings, capacity: usize) -> Hnsw<'static, f32, UnitCosine> {
-    Hnsw::new(settings.m, capacity.max(1024), MAX_LAYERS, settings.ef_construction, UnitCosine)
-}
+    /// Slots that are live, for a merge to carry over.
+    pub(crate) fn live_slot_list(&self) -> Vec<u32> {
+        self.live_or_dead(true).collect()
+    }
 
-fn graph_files() -> [String; 2] {
-    [format!("{HNSW_BASENAME}.hnsw.graph"), format!("{HNSW_BASENAME}.hnsw.data")]
-}
+    pub(crate) fn dead_slot_list(&self) -> Vec<u32> {
+        self.live_or_dead(false).collect()
+    }
 
-/// Reloads a dumped graph. hnsw_rs ties the graph's lifetime to its loader because a loader may
-/// memory-map the vectors; this one does not (points are copied in), so the small loader is
-/// leaked to give the graph a `'static` lifetime. hnsw_rs asserts on malformed files, so a
-/// panic there is caught and reported (the checksums make it unlikely).
-fn load_graph(dir: &Path) -> Result<Hnsw<'static, f32, UnitCosine>, String> {
-    let loader: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, HNSW_BASENAME)));
-    match std::panic::catch_unwind(AssertUnwindSafe(move || {
-        { loader }.load_hnsw::<f32, UnitCosine>()
-    })) {
-        Ok(Ok(graph)) => Ok(graph),
-        Ok(Err(error)) => Err(format!("reading the HNSW graph: {error}")),
-        Err(_) => Err("the HNSW graph files are malformed".to_string()),
+    /// Marks this part as holding slots that died after it was written, for the next save.
+    pub(crate) fn mark_changed(&mut self) {
+        self.changed = true;
     }
 }
 
-pub(crate) fn generation_dir(vectors_dir: &Path, generation: u64) -> PathBuf {
-    vectors_dir.join(format!("{generation:010}"))
-}
-
-/// Removes every generation folder but `keep`: what interrupted or superseded writes left.
-pub(crate) fn remove_other_generations(vectors_dir: &Path, keep: u64) -> Result<(), IndexError> {
-    let entries = match std::fs::read_dir(vectors_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(IndexError::Io { path: vectors_dir.to_path_buf(), source }),
-    };
-    for entry in entries.filter_map(Result::ok) {
-        let generation = entry.file_name().to_str().and_then(|name| name.parse::<u64>().ok());
-        if generation.is_some_and(|generation| generation != keep) {
-            remove_dir(&entry.path())?;
+/// The commit file of `generation`. A vector generation of the layout before segments (a
+/// folder named by the generation, holding everything) reads as a commit of that one segment.
+fn read_commit(vectors_dir: &Path, generation: u64) -> Result<CommitFile, IndexError> {
+    if generation == 0 {
+        return Ok(CommitFile { segments: Vec::new() });
+    }
+    let path = vectors_dir.join(commit_file_name(generation));
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| IndexError::CorruptVectors { path, message: e.to_string() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let legacy = format!("{generation:010}");
+            if vectors_dir.join(&legacy).is_dir() {
+                Ok(CommitFile {
+                    segments: vec![CommittedSegment { name: legacy, tombstones: None }],
+                })
+            } else {
+                Err(IndexError::Io { path, source: e })
+            }
         }
+        Err(source) => Err(IndexError::Io { path, source }),
     }
-    Ok(())
 }
 
-fn sha256(bytes: &[u8]) -> String {
-    crate::encoder::hex(&Sha256::digest(bytes))
+fn commit_file_name(generation: u64) -> String {
+    format!("commit-{generation:010}.json")
+}
+
+fn tombstones_file(generation: u64) -> String {
+    format!("tombstones-{generation:010}.json")
+}
+
+/// The working folder name of a merge into segment `name` by this process: `.merging-` and
+/// the process's id and start time, so that a process that reuses a dead one's id (as the
+/// first process of every container does) knows that folder is not its own.
+pub(crate) fn merging_folder(name: &str) -> String {
+    format!("{name}.merging-{}", process_tag())
+}
+
+fn process_tag() -> &'static str {
+    static TAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TAG.get_or_init(|| {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{}-{started:x}", std::process::id())
+    })
+}
+
+/// Whether the merge that owns a working folder tagged `owner` may still be running.
+fn merge_is_running(owner: &str) -> bool {
+    if owner == process_tag() {
+        return true;
+    }
+    match owner.split_once('-').and_then(|(pid, _)| pid.parse::<u32>().ok()) {
+        Some(pid) => pid != std::process::id() && crate::files::process_is_running(pid),
+        None => false,
+    }
+}
+
+/// A name no other segment of this process has had, and (by the time in it) none of an earlier
+/// process.
+pub(crate) fn new_segment_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("seg-{nanos:016x}-{:04}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 #[cfg(test)]
@@ -559,18 +474,9 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-
-    #[test]
-    fn the_dot_product_matches_a_plain_sum_at_every_length() {
-        let mut rng = ChaCha8Rng::seed_from_u64(7);
-        for length in (0..80).chain([127, 128, 384, 385]) {
-            let a: Vec<f32> = (0..length).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let b: Vec<f32> = (0..length).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let plain: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
-            assert!((f64::from(dot(&a, &b)) - plain).abs() < 1e-4, "length {length}");
-            assert!((f64::from(dot_lanes(&a, &b)) - plain).abs() < 1e-4, "length {length}");
-        }
-    }
+    use crate::distance::dot;
+    use crate::nearest::Neighbour;
+    use std::collections::HashSet;
 
     const DIMENSION: usize = 24;
 
@@ -585,11 +491,14 @@ mod tests {
             .collect()
     }
 
+    /// One segment with a graph, as merges leave a collection.
     fn index_of(vectors: &[Vec<f32>]) -> VectorIndex {
         let mut index = VectorIndex::empty(DIMENSION, HnswSettings::default());
         index.insert(
             vectors.iter().enumerate().map(|(i, v)| (format!("d{i}"), vec![v.clone()])).collect(),
         );
+        index.build_graph().unwrap();
+        assert_eq!(index.segment_count(), 1);
         index
     }
 
@@ -684,7 +593,10 @@ mod tests {
         }
         assert_eq!(index.nearest(&replacement, 1, 50, None)[0].id, "d1");
 
-        let compacted = index.compacted();
+        assert_eq!(index.segment_count(), 2);
+        let mut compacted = index.clone();
+        compacted.build_graph().unwrap();
+        assert_eq!(compacted.segment_count(), 1);
         assert_eq!((compacted.live_slots(), compacted.dead_count()), (299, 0));
         for query in unit_vectors(20, 5) {
             assert_eq!(compacted.exact_nearest(&query, 10), index.exact_nearest(&query, 10));
@@ -739,14 +651,20 @@ mod tests {
     }
 
     #[test]
-    fn a_saved_generation_loads_back_and_damage_is_detected() {
+    fn a_saved_commit_loads_back_with_its_tombstones_and_damage_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let vectors = unit_vectors(200, 7);
-        let mut index = index_of(&vectors);
+        let mut index = index_of(&vectors[..150]);
+        index.insert((150..200).map(|i| (format!("d{i}"), vec![vectors[i].clone()])).collect());
         index.remove("d3");
+        index.remove("d160");
         index.save(dir.path(), 1).unwrap();
         let loaded = VectorIndex::load(dir.path(), 1, DIMENSION, HnswSettings::default()).unwrap();
-        assert_eq!((loaded.live_slots(), loaded.dead_count()), (199, 1));
+        assert_eq!(loaded.segment_count(), 2);
+        assert_eq!(
+            (loaded.live_slots(), loaded.dead_count(), loaded.document_count()),
+            (198, 2, 198)
+        );
         for query in unit_vectors(10, 8) {
             assert_eq!(loaded.exact_nearest(&query, 5), index.exact_nearest(&query, 5));
             assert_eq!(
@@ -754,41 +672,116 @@ mod tests {
                 ids(&index.nearest(&query, 5, 100, None))
             );
         }
-        // A loaded graph takes more points.
-        let mut loaded = loaded;
-        loaded.insert(vec![("new".to_string(), vec![vectors[3].clone()])]);
-        assert_eq!(loaded.nearest(&vectors[3], 1, 50, None)[0].id, "new");
+        // A second commit writes only what changed: a new segment and one tombstone file.
+        let mut second = loaded.clone();
+        second.insert(vec![("new".to_string(), vec![vectors[3].clone()])]);
+        second.remove("d4");
+        second.save(dir.path(), 2).unwrap();
+        second.remove_uncommitted(dir.path(), 2).unwrap();
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| !name.starts_with("seg-"))
+            .collect();
+        assert_eq!(names, ["commit-0000000002.json"]);
+        let reloaded =
+            VectorIndex::load(dir.path(), 2, DIMENSION, HnswSettings::default()).unwrap();
+        assert_eq!(reloaded.segment_count(), 3);
+        assert_eq!(reloaded.nearest(&vectors[3], 1, 50, None)[0].id, "new");
+        assert_eq!(reloaded.similarities(&vectors[4], &["d4", "d5"])[0], None);
 
-        let wrong_dimension = VectorIndex::load(dir.path(), 1, 8, HnswSettings::default());
+        let wrong_dimension = VectorIndex::load(dir.path(), 2, 8, HnswSettings::default());
         assert!(wrong_dimension.err().unwrap().to_string().contains("24 dimensions"));
+        let graph_segment = dir.path().join(&index.parts[0].segment.name);
         for name in ["vectors.f32", "hnsw.hnsw.graph", "hnsw.hnsw.data"] {
-            let path = generation_dir(dir.path(), 1).join(name);
+            let path = graph_segment.join(name);
             let original = std::fs::read(&path).unwrap();
             let mut damaged = original.clone();
             let middle = damaged.len() / 2;
             damaged[middle] ^= 0x55;
             std::fs::write(&path, &damaged).unwrap();
-            let error = VectorIndex::load(dir.path(), 1, DIMENSION, HnswSettings::default())
+            let error = VectorIndex::load(dir.path(), 2, DIMENSION, HnswSettings::default())
                 .err()
                 .unwrap()
                 .to_string();
             assert!(error.contains(&format!("{name} does not match its checksum")), "{error}");
             std::fs::write(&path, &original).unwrap();
         }
-        std::fs::write(generation_dir(dir.path(), 1).join(SLOTS_FILE), "{").unwrap();
-        assert!(VectorIndex::load(dir.path(), 1, DIMENSION, HnswSettings::default()).is_err());
+        std::fs::write(graph_segment.join("slots.json"), "{").unwrap();
+        assert!(VectorIndex::load(dir.path(), 2, DIMENSION, HnswSettings::default()).is_err());
+    }
+
+    #[test]
+    fn segments_are_searched_together_and_a_document_lives_in_one() {
+        let vectors = unit_vectors(600, 21);
+        let mut index = index_of(&vectors[..400]);
+        // Three more writes: new documents, and new vectors for old ones.
+        index.insert((400..500).map(|i| (format!("d{i}"), vec![vectors[i].clone()])).collect());
+        index.insert((500..600).map(|i| (format!("d{i}"), vec![vectors[i].clone()])).collect());
+        let moved = unit_vectors(50, 22);
+        index.insert((0..50).map(|i| (format!("d{i}"), vec![moved[i].clone()])).collect());
+        assert_eq!((index.segment_count(), index.document_count()), (4, 600));
+        assert_eq!(index.dead_count(), 50);
+        // Ranked as one index of the same vectors ranks.
+        let mut current = vectors.clone();
+        current[..50].clone_from_slice(&moved);
+        let whole = index_of(&current);
+        for query in unit_vectors(20, 23) {
+            assert_eq!(
+                ids(&index.exact_nearest(&query, 10)),
+                ids(&whole.exact_nearest(&query, 10))
+            );
+            let found = index.nearest(&query, 10, 100, None);
+            let exact = whole.exact_nearest(&query, 10);
+            let shared = ids(&found).iter().filter(|id| ids(&exact).contains(id)).count();
+            assert!(shared >= 9, "{shared} of 10");
+        }
+        assert_eq!(index.similarities(&moved[7], &["d7"]), [Some(dot(&moved[7], &moved[7]))]);
+        // A filter reaches into every segment.
+        let allowed: HashSet<String> = ["d7", "d450", "d550", "d300"].map(String::from).into();
+        let found = index.nearest(&moved[7], 10, 50, Some(&allowed));
+        assert_eq!(found.len(), 4);
+        assert_eq!(found[0].id, "d7");
+    }
+
+    #[test]
+    fn an_index_saved_in_the_layout_before_segments_loads_as_one_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let vectors = unit_vectors(100, 31);
+        // The layout before: one folder named by the generation, with a graph of every slot
+        // and the tombstones in slots.json.
+        let owners: Vec<String> = (0..100).map(|i| format!("d{i}")).collect();
+        let segment = crate::segment::Segment::from_slots(
+            "0000000007".to_string(),
+            DIMENSION,
+            owners,
+            vectors.concat(),
+            vec![5],
+        );
+        let graph = crate::segment::new_graph(&HnswSettings::default(), 100);
+        let points: Vec<(&[f32], usize)> =
+            vectors.iter().enumerate().map(|(i, v)| (v.as_slice(), i)).collect();
+        graph.parallel_insert_slice(&points);
+        segment.write(&dir.path().join("0000000007"), Some(&graph)).unwrap();
+        let loaded = VectorIndex::load(dir.path(), 7, DIMENSION, HnswSettings::default()).unwrap();
+        assert_eq!((loaded.segment_count(), loaded.document_count()), (1, 99));
+        assert!(loaded.parts[0].segment.graph.is_some());
+        assert_eq!(loaded.nearest(&vectors[9], 1, 50, None)[0].id, "d9");
+        assert!(loaded.similarities(&vectors[5], &["d5"])[0].is_none());
     }
 
     #[test]
     fn an_empty_index_saves_loads_and_finds_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let index = VectorIndex::empty(DIMENSION, HnswSettings::default());
+        let mut index = VectorIndex::empty(DIMENSION, HnswSettings::default());
         index.save(dir.path(), 3).unwrap();
         let loaded = VectorIndex::load(dir.path(), 3, DIMENSION, HnswSettings::default()).unwrap();
         assert!(loaded.nearest(&unit_vectors(1, 9)[0], 10, 10, None).is_empty());
-        std::fs::create_dir_all(generation_dir(dir.path(), 5)).unwrap();
-        remove_other_generations(dir.path(), 3).unwrap();
-        assert!(generation_dir(dir.path(), 3).is_dir());
-        assert!(!generation_dir(dir.path(), 5).exists());
+        let empty = VectorIndex::load(dir.path(), 0, DIMENSION, HnswSettings::default()).unwrap();
+        assert_eq!(empty.segment_count(), 0);
+        std::fs::create_dir_all(dir.path().join("seg-debris")).unwrap();
+        loaded.remove_uncommitted(dir.path(), 3).unwrap();
+        assert!(dir.path().join("commit-0000000003.json").is_file());
+        assert!(!dir.path().join("seg-debris").exists());
     }
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use cloze_index::{Collection, FusionSettings};
 use serde::{Deserialize, Serialize};
 
-use crate::{keyword, semantic, Hit, Results, SearchError, SearchRequest, Timings};
+use crate::{keyword, query_vector, semantic, Hit, Results, SearchError, SearchRequest, Timings};
 
 /// How each side's scores are put on a common scale before a convex combination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -474,13 +474,10 @@ fn retrieve(
     let keyword: Ranking = found.hits.into_iter().map(|hit| (hit.id, hit.score)).collect();
     let mut timings = Timings { keyword: found.timings.keyword, ..Timings::default() };
     let ef_search = request.ef_search;
-    if request.query.trim().is_empty() {
+    let Some(query) = query_vector(collection, request, &mut timings)? else {
         let (semantic, query, allowed) = (Vec::new(), None, None);
         return Ok(Candidates { keyword, semantic, timings, query, allowed, ef_search });
-    }
-    let started = Instant::now();
-    let query = collection.encoder()?.encode(&[&request.query])?.remove(0);
-    timings.encode = started.elapsed();
+    };
     let started = Instant::now();
     let allowed = semantic::allowed_documents(collection, request)?;
     let semantic = if search_vectors {

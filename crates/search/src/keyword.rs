@@ -160,6 +160,7 @@ mod tests {
                 title: title.to_string(),
                 text: text.to_string(),
                 metadata: Default::default(),
+                vector: None,
             })
         });
         collection.ingest(documents, || {}).unwrap();
@@ -210,6 +211,7 @@ mod tests {
                 title: String::new(),
                 text: format!("dogs & cats <{i}> dogs"),
                 metadata: metadata.as_object().unwrap().clone(),
+                vector: None,
             })
         });
         collection.ingest(documents, || {}).unwrap();

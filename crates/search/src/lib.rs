@@ -70,6 +70,9 @@ impl FromStr for Mode {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SearchRequest {
     pub query: String,
+    /// Semantic and hybrid modes: the query's own vector, used instead of embedding `query`
+    /// (the only way to search a collection without a model by meaning).
+    pub vector: Option<Vec<f32>>,
     pub mode: Mode,
     /// How many hits to return at most.
     pub limit: usize,
@@ -95,6 +98,7 @@ impl SearchRequest {
     pub fn new(query: impl Into<String>, mode: Mode, limit: usize) -> SearchRequest {
         SearchRequest {
             query: query.into(),
+            vector: None,
             mode,
             limit,
             offset: 0,
@@ -197,8 +201,37 @@ pub enum SearchError {
          it may be changing under this search (retry), else compact it"
     )]
     Inconsistent { collection: String, id: String },
+    #[error("vector: {0}")]
+    InvalidVector(String),
     #[error("searching {collection}: {source}")]
     Tantivy { collection: String, source: tantivy::TantivyError },
+}
+
+/// The query's vector: the request's own (at unit length), else its text embedded by the
+/// collection's model; None when it has neither (a query with no text has no hits). The time
+/// taken goes to `timings.encode`.
+pub(crate) fn query_vector(
+    collection: &Collection,
+    request: &SearchRequest,
+    timings: &mut Timings,
+) -> Result<Option<Vec<f32>>, SearchError> {
+    let started = std::time::Instant::now();
+    let vector = match &request.vector {
+        Some(vector) => {
+            let semantic = collection
+                .manifest()
+                .semantic
+                .as_ref()
+                .ok_or_else(|| IndexError::NoModel(collection.name().to_string()))?;
+            let unit = cloze_index::unit_vector(vector.clone(), semantic.dimension())
+                .map_err(SearchError::InvalidVector)?;
+            Some(unit)
+        }
+        None if request.query.trim().is_empty() => None,
+        None => Some(collection.encoder()?.encode(&[&request.query])?.remove(0)),
+    };
+    timings.encode = started.elapsed();
+    Ok(vector)
 }
 
 /// Runs one search against the committed documents of `collection`. A query with no searchable

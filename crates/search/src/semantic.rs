@@ -1,5 +1,5 @@
-//! Semantic ranking: the query embedded by the collection's model, its nearest documents found
-//! in the collection's HNSW graph.
+//! Semantic ranking: the query embedded by the collection's model (or the query's own vector),
+//! its nearest documents found in the collection's vector segments.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -7,18 +7,18 @@ use std::time::Instant;
 use cloze_index::{analyze, Collection};
 
 use crate::keyword::fill_documents;
-use crate::{Explanation, Hit, Results, SearchError, SearchRequest, SideScore, Timings};
+use crate::{
+    query_vector, Explanation, Hit, Results, SearchError, SearchRequest, SideScore, Timings,
+};
 
 pub(crate) fn search(
     collection: &Collection,
     request: &SearchRequest,
 ) -> Result<Results, SearchError> {
-    if request.query.trim().is_empty() {
-        return Ok(Results { hits: Vec::new(), total: 0, timings: Timings::default() });
-    }
-    let started = Instant::now();
-    let query = collection.encoder()?.encode(&[&request.query])?.remove(0);
-    let mut timings = Timings { encode: started.elapsed(), ..Timings::default() };
+    let mut timings = Timings::default();
+    let Some(query) = query_vector(collection, request, &mut timings)? else {
+        return Ok(Results { hits: Vec::new(), total: 0, timings });
+    };
     let started = Instant::now();
     let allowed = allowed_documents(collection, request)?;
     let total = match &allowed {

@@ -90,7 +90,12 @@ impl From<IndexError> for ApiError {
             | IndexError::InvalidVectorSettings { .. }
             | IndexError::Corpus(_)
             | IndexError::DimensionMismatch { .. } => ApiError::invalid(reason),
-            IndexError::NoModel(_) => ApiError::new(StatusCode::BAD_REQUEST, "no_model", reason),
+            IndexError::NoModel(_) | IndexError::NoEncoder(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "no_model", reason)
+            }
+            IndexError::MissingVector { .. } | IndexError::InvalidVector { .. } => {
+                ApiError::invalid(reason)
+            }
             IndexError::UnknownDocuments { .. } => {
                 ApiError::not_found("document_not_found", reason)
             }
@@ -107,9 +112,9 @@ impl From<SearchError> for ApiError {
     fn from(error: SearchError) -> ApiError {
         match error {
             SearchError::Index(error) => error.into(),
-            SearchError::UnknownMode(_) | SearchError::InvalidFusion { .. } => {
-                ApiError::invalid(error.to_string())
-            }
+            SearchError::UnknownMode(_)
+            | SearchError::InvalidFusion { .. }
+            | SearchError::InvalidVector(_) => ApiError::invalid(error.to_string()),
             SearchError::Inconsistent { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", error.to_string())
             }

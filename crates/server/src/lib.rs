@@ -114,6 +114,7 @@ async fn serve(config: ServerConfig, data_dir: DataDir) -> std::io::Result<()> {
         load: Load::default(),
     });
     let required = state.keys.required();
+    start_merging(state.clone());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -142,6 +143,28 @@ async fn serve(config: ServerConfig, data_dir: DataDir) -> std::io::Result<()> {
         tracing::warn!("{warning}");
     }
     server.run().await
+}
+
+/// How often the merge thread looks for vector segments to merge when it found none.
+const MERGE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Starts the thread that merges vector segments in the background for as long as the process
+/// runs. A merge cut short by the process's end leaves only a working folder, which the next
+/// write removes.
+fn start_merging(state: web::Data<AppState>) {
+    let spawned = std::thread::Builder::new().name("merge".to_string()).spawn(move || loop {
+        match state.registry.merge_pending() {
+            Ok(true) => {}
+            Ok(false) => std::thread::sleep(MERGE_POLL),
+            Err(error) => {
+                tracing::warn!("merging vector segments: {}", error.reason);
+                std::thread::sleep(MERGE_POLL * 20);
+            }
+        }
+    });
+    if let Err(error) = spawned {
+        tracing::warn!("no background merges: {error}");
+    }
 }
 
 /// `bind` if every address it names is a loopback one, else the same port on 127.0.0.1.

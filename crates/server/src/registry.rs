@@ -1,12 +1,17 @@
 //! The open collections, shared by every request.
 //!
-//! Searches read a snapshot (`Arc<Collection>`) and never wait for writes. A write opens its
-//! own [`Collection`] of the same folder, changes and commits it, and then publishes it as the
-//! new snapshot: searches that started before keep the old one, whose files stay readable
-//! until they finish. Writes to one collection take turns.
+//! Searches read a snapshot (`Arc<Collection>`) and never wait for writes. A write changes and
+//! commits a clone of the open [`Collection`] (cheap: its indexes and vector segments are
+//! shared, and a write adds to them), and then publishes it as the new snapshot: searches that
+//! started before keep the old one. Writes to one collection take turns.
+//!
+//! Merging vector segments is left to one background thread ([`Registry::merge_pending`]): it
+//! builds a merge from a snapshot without holding any lock, and only putting it in place takes
+//! the collection's turn to write, for as long as a small write takes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use cloze_index::{Collection, DataDir, IndexError, SnapshotInfo};
@@ -24,7 +29,13 @@ pub struct Handle {
     current: RwLock<Arc<Collection>>,
     /// Held for the whole of a write, so writes to the collection take turns.
     writing: Mutex<()>,
+    /// When the last write (not merge) was published.
+    last_write: Mutex<Instant>,
 }
+
+/// Once a collection has had no write for this long, its segments are merged into one, which
+/// searches fastest.
+pub const IDLE_MERGE_AFTER: Duration = Duration::from_secs(30);
 
 /// A lock whose holder panicked still guards consistent data here: every change is published
 /// whole or not at all.
@@ -83,6 +94,37 @@ impl Registry {
         Ok(())
     }
 
+    /// Runs at most one vector merge, for the first open collection whose segments need one
+    /// (by the merge policy, or into one segment once it has been idle for
+    /// [`IDLE_MERGE_AFTER`]). Returns whether it ran one. The merge is built without any lock,
+    /// so searches and writes go on meanwhile.
+    pub fn merge_pending(&self) -> Result<bool, ApiError> {
+        let handles: Vec<Arc<Handle>> = lock(&self.open).values().cloned().collect();
+        for handle in handles {
+            let snapshot = handle.snapshot();
+            let idle = lock(&handle.last_write).elapsed() >= IDLE_MERGE_AFTER;
+            let plan = snapshot
+                .plan_merge(false)
+                .or_else(|| idle.then(|| snapshot.plan_merge(true)).flatten());
+            let Some(plan) = plan else { continue };
+            let segments = plan.segments();
+            let started = Instant::now();
+            let built = snapshot.build_merge(plan)?;
+            let vectors = built.vectors();
+            let applied = handle.commit(|collection| collection.apply_merge(built))?;
+            tracing::info!(
+                collection = handle.name,
+                segments,
+                vectors,
+                applied,
+                seconds = started.elapsed().as_secs_f64(),
+                "merged vector segments"
+            );
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
     /// Snapshots a collection between two writes; searches go on meanwhile.
     pub fn snapshot(&self, name: &str) -> Result<SnapshotInfo, ApiError> {
         let handle = self.get(name)?;
@@ -125,6 +167,7 @@ impl Handle {
             name: name.to_string(),
             current: RwLock::new(Arc::new(collection)),
             writing: Mutex::new(()),
+            last_write: Mutex::new(Instant::now()),
         }
     }
 
@@ -133,21 +176,25 @@ impl Handle {
         self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Runs a write on a fresh copy of the collection and, once it has committed, makes that
-    /// copy what searches read. A write that fails has committed nothing (the index crate's
-    /// writes are all or nothing), so the snapshot stays.
+    /// Runs a write on a clone of the collection and, once it has committed, makes that clone
+    /// what searches read. A write that fails has committed nothing (the index crate's writes
+    /// are all or nothing), so the snapshot stays.
     pub fn write<T>(
         &self,
-        registry: &Registry,
+        write: impl FnOnce(&mut Collection) -> Result<T, IndexError>,
+    ) -> Result<T, ApiError> {
+        let result = self.commit(write)?;
+        *lock(&self.last_write) = Instant::now();
+        Ok(result)
+    }
+
+    /// [`Self::write`], without counting as a write for [`IDLE_MERGE_AFTER`].
+    fn commit<T>(
+        &self,
         write: impl FnOnce(&mut Collection) -> Result<T, IndexError>,
     ) -> Result<T, ApiError> {
         let _writing = lock(&self.writing);
-        let current = self.snapshot();
-        let mut fresh = registry.data_dir.open(&self.name)?;
-        if current.manifest().semantic.is_some() {
-            // The model loads once per collection, not once per write.
-            fresh.use_encoder(current.shared_encoder()?)?;
-        }
+        let mut fresh = Collection::clone(&self.snapshot());
         let result = write(&mut fresh)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
         Ok(result)

@@ -37,6 +37,7 @@ impl DocumentFields {
             id_field: self.id_field.clone(),
             text_fields: self.text_fields.clone(),
             title_field,
+            ..FieldMapping::default()
         })
     }
 }

@@ -20,7 +20,12 @@ use crate::progress;
 /// Face BERT folder: one trained by `cloze train`, or e.g. all-MiniLM-L6-v2) into an HNSW
 /// vector index, and answers `--mode semantic` searches. The model is fixed for the
 /// collection's life: later ingests embed with it, and a different model is refused.
+///
+/// With --vector-field, documents bring their own vectors (computed elsewhere) in that field;
+/// a new collection without --model takes their length from the first one, and then every
+/// document needs one. With a model too, a document's own vector replaces embedding it.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("vectors").multiple(true).args(["model", "vector_field"]))]
 pub struct IndexArgs {
     /// The collection to add to (created if it does not exist).
     #[arg(long, value_name = "NAME")]
@@ -45,6 +50,11 @@ pub struct IndexArgs {
     #[arg(long, value_name = "DIR")]
     model: Option<PathBuf>,
 
+    /// The field that holds each document's own vector, an array of numbers (like
+    /// Elasticsearch's dense_vector): indexed as it is, instead of embedding the document.
+    #[arg(long, value_name = "FIELD")]
+    vector_field: Option<String>,
+
     /// For a new collection with --model: cut documents longer than the model's length into
     /// overlapping windows, a vector each, and rank a document by its best window [default:
     /// truncate them].
@@ -62,17 +72,17 @@ pub struct IndexArgs {
     #[arg(long, value_name = "TOKENS", requires = "windows")]
     window_length: Option<usize>,
 
-    /// For a new collection with --model: HNSW links per point [default: 16].
-    #[arg(long, value_name = "M", requires = "model")]
+    /// For a new collection with vectors: HNSW links per point [default: 16].
+    #[arg(long, value_name = "M", requires = "vectors")]
     hnsw_m: Option<usize>,
 
-    /// For a new collection with --model: HNSW candidates when linking a point [default: 200].
-    #[arg(long, value_name = "N", requires = "model")]
+    /// For a new collection with vectors: HNSW candidates when linking a point [default: 200].
+    #[arg(long, value_name = "N", requires = "vectors")]
     ef_construction: Option<usize>,
 
-    /// For a new collection with --model: HNSW candidates per search, which a search can
+    /// For a new collection with vectors: HNSW candidates per search, which a search can
     /// override [default: 100].
-    #[arg(long, value_name = "N", requires = "model")]
+    #[arg(long, value_name = "N", requires = "vectors")]
     ef_search: Option<usize>,
 
     /// Documents per forward pass of the model.
@@ -81,11 +91,12 @@ pub struct IndexArgs {
 }
 
 pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
-    let mapping = args.fields.mapping()?;
+    let mut mapping = args.fields.mapping()?;
+    mapping.vector_field = args.vector_field.clone();
     let analyzer = args.analyzer.as_deref().map(AnalyzerSettings::from_name_or_file).transpose()?;
     // Open the corpus and the model first: neither should fail after a new, empty collection
-    // exists.
-    let documents = DocumentReader::open(&args.corpus, mapping.clone())?;
+    // exists. (The corpus is read again once the collection's vector length is known.)
+    DocumentReader::open(&args.corpus, mapping.clone())?;
     let encoder = match &args.model {
         Some(dir) => Some(
             Encoder::load(dir)
@@ -98,21 +109,37 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
     let created = !data_dir.exists(&args.collection)?;
     let collection = if created {
         let defaults = HnswSettings::default();
+        let hnsw = HnswSettings {
+            m: args.hnsw_m.unwrap_or(defaults.m),
+            ef_construction: args.ef_construction.unwrap_or(defaults.ef_construction),
+            ef_search: args.ef_search.unwrap_or(defaults.ef_search),
+        };
+        let own_vectors = match (&encoder, &args.vector_field) {
+            (None, Some(field)) => {
+                let dimension =
+                    first_vector_length(&args.corpus, &mapping)?.with_context(|| {
+                        format!(
+                            "--vector-field {field}: no document of {} has one, so the \
+                         collection's vector length is unknown",
+                            args.corpus.display()
+                        )
+                    })?;
+                Some(SemanticSettings::with_dimension(dimension, hnsw))
+            }
+            _ => None,
+        };
         let semantic = encoder.as_ref().map(|encoder| SemanticSettings {
-            model: encoder.record().clone(),
+            model: Some(encoder.record().clone()),
+            dimension: None,
             window_overlap: args.windows.then(|| {
                 // Half a window when windows are short, so each adds as many tokens as it shares.
                 let length = args.window_length.unwrap_or(encoder.record().max_len);
                 args.window_overlap.unwrap_or(32.min(length.saturating_sub(2) / 2))
             }),
             window_length: args.window_length,
-            hnsw: HnswSettings {
-                m: args.hnsw_m.unwrap_or(defaults.m),
-                ef_construction: args.ef_construction.unwrap_or(defaults.ef_construction),
-                ef_search: args.ef_search.unwrap_or(defaults.ef_search),
-            },
+            hnsw,
         });
-        data_dir.create(&args.collection, analyzer.unwrap_or_default(), semantic)?
+        data_dir.create(&args.collection, analyzer.unwrap_or_default(), semantic.or(own_vectors))?
     } else {
         let collection = data_dir.open(&args.collection)?;
         if let Some(analyzer) = analyzer {
@@ -163,6 +190,9 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
         }
     }
 
+    mapping.vector_dimension =
+        collection.manifest().semantic.as_ref().map(SemanticSettings::dimension);
+    let documents = DocumentReader::open(&args.corpus, mapping.clone())?;
     let started = Instant::now();
     let progress = if collection.manifest().semantic.is_some() {
         // Embedding is slow enough to be worth a count first, for a bar with an ETA.
@@ -186,6 +216,15 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
         }
     };
     let seconds = started.elapsed().as_secs_f64();
+    if collection.manifest().semantic.is_some() {
+        // The documents are committed; what is left is building the graphs searches walk,
+        // as the server's background merges would.
+        let merging = progress::counter("vector segment merges");
+        collection
+            .merge_segments(false, |_| merging.inc(1))
+            .context("the documents are committed, but merging their vector segments failed")?;
+        merging.finish_and_clear();
+    }
     let vectors = if collection.manifest().semantic.is_some() {
         format!(" and {} vectors", summary.vector_count)
     } else {
@@ -201,4 +240,17 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
         summary.document_count
     );
     Ok(())
+}
+
+/// The length of the first vector in `corpus`, if any document has one.
+fn first_vector_length(
+    corpus: &Path,
+    mapping: &cloze_corpus::FieldMapping,
+) -> Result<Option<usize>> {
+    for document in DocumentReader::open(corpus, mapping.clone())? {
+        if let Some(vector) = document?.vector {
+            return Ok(Some(vector.len()));
+        }
+    }
+    Ok(None)
 }

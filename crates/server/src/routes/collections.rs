@@ -21,6 +21,9 @@ struct CreateCollection {
     /// A model folder on the server (Hugging Face BERT layout): the collection also gets
     /// vectors and answers semantic and hybrid searches.
     model: Option<PathBuf>,
+    /// Without a model: the length of the vectors the documents bring themselves (`vector` in
+    /// each bulk document), for semantic and hybrid searches with a query `vector`.
+    dimension: Option<usize>,
     /// An analyzer preset name.
     analyzer: Option<String>,
     /// HNSW settings; each left out keeps its default.
@@ -61,9 +64,20 @@ pub async fn create(
     let needs_model = settings.hnsw.is_some()
         || settings.window_overlap.is_some()
         || settings.window_length.is_some();
-    if settings.model.is_none() && needs_model {
+    let windows = settings.window_overlap.is_some() || settings.window_length.is_some();
+    if settings.model.is_none() && settings.dimension.is_none() && needs_model {
         return Err(ApiError::invalid(
-            "hnsw, window_overlap and window_length need a model: model is missing",
+            "hnsw, window_overlap and window_length need vectors: model (or dimension) is missing",
+        ));
+    }
+    if settings.model.is_some() && settings.dimension.is_some() {
+        return Err(ApiError::invalid(
+            "dimension: a collection with a model has the model's dimension; give one or the other",
+        ));
+    }
+    if settings.model.is_none() && windows {
+        return Err(ApiError::invalid(
+            "window_overlap and window_length need a model to cut documents into windows",
         ));
     }
     let defaults = HnswSettings::default();
@@ -87,12 +101,17 @@ pub async fn create(
             ),
             None => None,
         };
-        let semantic = encoder.as_ref().map(|encoder| SemanticSettings {
-            model: encoder.record().clone(),
-            window_overlap: settings.window_overlap,
-            window_length: settings.window_length,
-            hnsw,
-        });
+        let semantic = match (&encoder, settings.dimension) {
+            (Some(encoder), _) => Some(SemanticSettings {
+                model: Some(encoder.record().clone()),
+                dimension: None,
+                window_overlap: settings.window_overlap,
+                window_length: settings.window_length,
+                hnsw,
+            }),
+            (None, Some(dimension)) => Some(SemanticSettings::with_dimension(dimension, hnsw)),
+            (None, None) => None,
+        };
         let handle = state.registry.create(&name, |data_dir| {
             let collection = data_dir.create(&name, analyzer, semantic)?;
             if let Some(encoder) = encoder {
@@ -144,6 +163,7 @@ fn describe(collection: &Collection) -> Value {
         "name": collection.name(),
         "documents": collection.document_count(),
         "vectors": collection.vector_count(),
+        "segments": collection.segment_count(),
         "settings": collection.manifest(),
     })
 }

@@ -1,8 +1,8 @@
 //! `POST /collections/{name}/_bulk` and `GET|DELETE /collections/{name}/documents/{id}`.
 //!
 //! A bulk body is NDJSON in the shape of Elasticsearch's `_bulk` (see `cloze_corpus::parse_bulk`).
-//! A document needs `text`; `title` is optional; every other field is stored as metadata, for
-//! filters. A bulk request is all or nothing: every line is checked first, and if any is wrong
+//! A document needs `text`; `title` is optional; in a collection that holds vectors, `vector` is
+//! the document's own vector; every other field is stored as metadata, for filters. A bulk request is all or nothing: every line is checked first, and if any is wrong
 //! none is applied and the answer lists each wrong line. Otherwise all lines are applied, in
 //! order, in one commit.
 
@@ -38,7 +38,16 @@ pub async fn bulk(
             format!("the bulk body has {lines} lines, over the limit of {max_lines} (max_bulk_lines); split it"),
         ));
     }
-    let changes: Vec<Change> = match parse_bulk(&body) {
+    // A collection that holds vectors reads each document's `vector` field as its vector.
+    let dimension = {
+        let (state, name) = (state.clone().into_inner(), name.as_str().to_string());
+        blocking(move || {
+            let collection = state.registry.get(&name)?.snapshot();
+            Ok(collection.manifest().semantic.as_ref().map(|semantic| semantic.dimension()))
+        })
+        .await?
+    };
+    let changes: Vec<Change> = match parse_bulk(&body, dimension) {
         Ok(actions) => actions
             .into_iter()
             .map(|action| match action {
@@ -73,7 +82,7 @@ pub async fn bulk(
     let state = state.into_inner();
     let outcomes = blocking(move || {
         let handle = state.registry.get(&name)?;
-        handle.write(&state.registry, |collection| {
+        handle.write(|collection| {
             collection.apply(changes.into_iter().map(Ok::<_, IndexError>), || {})
         })
     })
@@ -128,7 +137,7 @@ pub async fn delete(
     let deleted = id.clone();
     blocking(move || {
         let handle = state.registry.get(&name)?;
-        let outcomes = handle.write(&state.registry, |collection| {
+        let outcomes = handle.write(|collection| {
             collection.apply([Ok::<_, IndexError>(Change::Delete(id.clone()))], || {})
         })?;
         match outcomes.first() {

@@ -137,7 +137,8 @@ pub async fn rank_eval(
     }
     // Every query runs with the same settings; only the mode and the text change.
     let settings = SearchBody {
-        q: String::new(),
+        q: None,
+        vector: None,
         mode: None,
         k: body.k,
         offset: 0,

@@ -19,8 +19,10 @@ const MAX_EF_SEARCH: usize = 10_000;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SearchBody {
-    /// What to look for, as plain words.
-    pub q: String,
+    /// What to look for, as plain words; may be left out when `vector` is given.
+    pub q: Option<String>,
+    /// Semantic and hybrid modes: the query's own vector, instead of embedding `q`.
+    pub vector: Option<Vec<f32>>,
     /// `keyword` (default), `semantic` or `hybrid`.
     pub mode: Option<String>,
     /// Hits to return (default 10).
@@ -43,6 +45,17 @@ pub(crate) struct SearchBody {
 }
 
 impl SearchBody {
+    /// The query text: `q`, which only a search with a query `vector` may leave out.
+    pub(crate) fn query_text(&self) -> Result<String, ApiError> {
+        match (&self.q, &self.vector) {
+            (Some(q), _) => Ok(q.clone()),
+            (None, Some(_)) => Ok(String::new()),
+            (None, None) => Err(ApiError::invalid(
+                "missing field `q` (the query text; a semantic search may give `vector` instead)",
+            )),
+        }
+    }
+
     /// The library request this body asks for, checked; `k` defaults to `default_k`.
     pub(crate) fn request(
         &self,
@@ -64,6 +77,14 @@ impl SearchBody {
         let k = self.k.unwrap_or(default_k);
         check_page(config, k, self.offset)?;
         let mut request = SearchRequest::new(query, mode, k);
+        if let Some(vector) = &self.vector {
+            if mode == Mode::Keyword {
+                return Err(ApiError::invalid(
+                    "vector: only semantic and hybrid searches use a query vector (mode is keyword)",
+                ));
+            }
+            request.vector = Some(vector.clone());
+        }
         request.offset = self.offset;
         request.highlight = self.highlight;
         if let Some(ef) = self.ef_search {
@@ -98,7 +119,7 @@ impl SearchBody {
 /// service does before any search runs.
 pub fn parse_search(body: &[u8], config: &ServerConfig) -> Result<SearchRequest, ApiError> {
     let body: SearchBody = parse_json(body)?;
-    let query = body.q.clone();
+    let query = body.query_text()?;
     body.request(config, query, 10)
 }
 
@@ -127,7 +148,7 @@ pub async fn search_collection(
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let body: SearchBody = read_json(&state, &request, payload).await?;
-    let query = body.q.clone();
+    let query = body.query_text()?;
     let request = body.request(&state.config, query, 10)?;
     let explain = body.explain;
     let state = state.into_inner();
