@@ -577,7 +577,13 @@ impl Collection {
                     present.insert(id, true);
                     outcomes.push(if existed { Outcome::Updated } else { Outcome::Created });
                     if let Some(semantic) = &self.manifest.semantic {
-                        // A new version replaces one earlier in the same write.
+                        // The new vectors replace the committed ones, and any earlier in the
+                        // same write.
+                        if existed {
+                            if let Some(vectors) = self.vectors.as_mut() {
+                                vectors.remove(&document.id);
+                            }
+                        }
                         staged.remove(&document.id);
                         if pending_ids.remove(&document.id) {
                             pending.retain(|(pending, _)| *pending != document.id);
@@ -624,7 +630,7 @@ impl Collection {
         }
         self.embed(&mut pending, &mut staged, on_change)?;
         if let Some(vectors) = self.vectors.as_mut() {
-            vectors.insert(staged.documents);
+            vectors.add_segment(staged.documents);
         }
         Ok(())
     }
@@ -1044,8 +1050,8 @@ pub fn unit_vector(mut vector: Vec<f32>, dimension: usize) -> Result<Vec<f32>, S
     Ok(vector)
 }
 
-/// The vectors one write adds, in the order their documents came; an id embedded twice keeps
-/// its last vectors (the vector index sees to that), and a delete drops it.
+/// The vectors one write adds, in the order their documents came, each id once: a later
+/// version of a document replaces the one staged before it, and a delete drops it.
 #[derive(Default)]
 struct Staged {
     documents: Vec<(String, Vec<Vec<f32>>)>,

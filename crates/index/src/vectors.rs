@@ -211,11 +211,18 @@ impl VectorIndex {
             .zip(keep)
             .filter_map(|(document, keep)| keep.then_some(document))
             .collect();
-        if documents.is_empty() {
-            return;
-        }
         for (id, _) in &documents {
             self.remove(id);
+        }
+        self.add_segment(documents);
+    }
+
+    /// Adds `documents` as one new segment, for a caller that has removed any vectors they
+    /// had already (and gives each id once): looking an id up costs a probe of every segment,
+    /// which a write of new documents need not pay.
+    pub(crate) fn add_segment(&mut self, documents: Vec<(String, Vec<Vec<f32>>)>) {
+        if documents.is_empty() {
+            return;
         }
         let segment = Segment::flat(new_segment_name(), self.dimension, documents);
         self.parts.push(Part::new(segment, true));
@@ -336,7 +343,8 @@ impl VectorIndex {
     }
 
     /// Removes what commit `generation` does not name: other commit files, segments of
-    /// interrupted or superseded writes and merges, and old tombstone files. Merges still
+    /// interrupted or superseded writes and merges, and the older tombstone files of the
+    /// segments whose tombstones that commit wrote. Merges still
     /// being built (see [`merging_folder`]) are left alone.
     pub(crate) fn remove_uncommitted(
         &self,
@@ -358,7 +366,8 @@ impl VectorIndex {
                 continue;
             }
             match current.get(name.as_str()) {
-                Some(tombstones) => {
+                // Only a segment whose tombstones this commit wrote has an older file to drop.
+                Some(tombstones) if *tombstones == Some(generation) => {
                     let keep = tombstones.map(tombstones_file);
                     for file in std::fs::read_dir(&path).map_err(io_error(&path))?.flatten() {
                         let file_name = file.file_name().to_string_lossy().into_owned();
@@ -368,6 +377,7 @@ impl VectorIndex {
                         }
                     }
                 }
+                Some(_) => {}
                 None if name == commit => {}
                 None if path.is_dir() => remove_dir(&path)?,
                 None => std::fs::remove_file(&path).map_err(io_error(&path))?,

@@ -152,8 +152,24 @@ const MERGE_POLL: std::time::Duration = std::time::Duration::from_millis(250);
 /// runs. A merge cut short by the process's end leaves only a working folder, which the next
 /// write removes.
 fn start_merging(state: web::Data<AppState>) {
+    // While writes come in, half the cores at most: merging must not starve the writes and
+    // searches it serves. Once a collection is idle, its last merge may take them all.
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let pool = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("merge-{i}"))
+            .build()
+    };
+    let (busy, idle) = match (pool((cores / 2).max(1)), pool(cores)) {
+        (Ok(busy), Ok(idle)) => (busy, idle),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::warn!("no background merges: {error}");
+            return;
+        }
+    };
     let spawned = std::thread::Builder::new().name("merge".to_string()).spawn(move || loop {
-        match state.registry.merge_pending() {
+        match state.registry.merge_pending(&busy, &idle) {
             Ok(true) => {}
             Ok(false) => std::thread::sleep(MERGE_POLL),
             Err(error) => {

@@ -94,22 +94,32 @@ impl Registry {
         Ok(())
     }
 
-    /// Runs at most one vector merge, for the first open collection whose segments need one
-    /// (by the merge policy, or into one segment once it has been idle for
-    /// [`IDLE_MERGE_AFTER`]). Returns whether it ran one. The merge is built without any lock,
-    /// so searches and writes go on meanwhile.
-    pub fn merge_pending(&self) -> Result<bool, ApiError> {
+    /// Runs at most one vector merge, for the first open collection whose segments need one:
+    /// by the merge policy, or into one segment once the collection has been idle for
+    /// [`IDLE_MERGE_AFTER`]. It is built on the threads of `busy` while writes come in
+    /// (merging must leave cores to the writes and searches it serves), else of `idle`.
+    /// Returns whether it ran one.
+    /// The merge is built without any lock, so searches and writes go on meanwhile.
+    pub fn merge_pending(
+        &self,
+        busy: &rayon::ThreadPool,
+        idle: &rayon::ThreadPool,
+    ) -> Result<bool, ApiError> {
         let handles: Vec<Arc<Handle>> = lock(&self.open).values().cloned().collect();
         for handle in handles {
             let snapshot = handle.snapshot();
-            let idle = lock(&handle.last_write).elapsed() >= IDLE_MERGE_AFTER;
-            let plan = snapshot
-                .plan_merge(false)
-                .or_else(|| idle.then(|| snapshot.plan_merge(true)).flatten());
-            let Some(plan) = plan else { continue };
+            let quiet = lock(&handle.last_write).elapsed() >= IDLE_MERGE_AFTER;
+            let (plan, pool) = match snapshot.plan_merge(false) {
+                Some(plan) => (plan, if quiet { idle } else { busy }),
+                None if quiet => match snapshot.plan_merge(true) {
+                    Some(plan) => (plan, idle),
+                    None => continue,
+                },
+                None => continue,
+            };
             let segments = plan.segments();
             let started = Instant::now();
-            let built = snapshot.build_merge(plan)?;
+            let built = pool.install(|| snapshot.build_merge(plan))?;
             let vectors = built.vectors();
             let applied = handle.commit(|collection| collection.apply_merge(built))?;
             tracing::info!(
