@@ -122,6 +122,10 @@ impl Registry {
             let built = pool.install(|| snapshot.build_merge(plan))?;
             let vectors = built.vectors();
             let applied = handle.commit(|collection| collection.apply_merge(built))?;
+            // The merged segments are gone once no search holds them: give their memory back
+            // rather than keep it in the allocator's free lists.
+            drop(snapshot);
+            cloze_mlm::allocator::return_freed_memory();
             tracing::info!(
                 collection = handle.name,
                 segments,
