@@ -865,7 +865,7 @@ impl Collection {
     }
 
     /// A tantivy writer, which also holds the collection's write lock: a second writer, in
-    /// this process or another, is refused. Debris of interrupted writes is cleared first.
+    /// this process or another, is refused.
     pub(crate) fn writer(&self) -> Result<IndexWriter, IndexError> {
         // One indexing thread keeps documents in the order they came, so equal scores rank the
         // same way on every build of the collection and relevance figures are reproducible.
@@ -873,12 +873,6 @@ impl Collection {
             .index
             .writer_with_num_threads(1, WRITER_MEMORY)
             .map_err(|e| self.tantivy_error(e))?;
-        // Only a state that is the last commit knows which vector files are in use.
-        if let Some(vectors) = &self.vectors {
-            if committed_generation(&self.index, &self.dir)? == self.generation {
-                vectors.remove_uncommitted(&self.dir.join(VECTORS_DIR), self.generation)?;
-            }
-        }
         Ok(writer)
     }
 
@@ -892,9 +886,11 @@ impl Collection {
             if let Some(encoder) = encoder {
                 let _ = self.encoder.set(encoder);
             }
-            if let Some(vectors) = &self.vectors {
-                vectors.remove_uncommitted(&self.dir.join(VECTORS_DIR), self.generation)?;
-            }
+        }
+        // Now this state is the last commit, so it knows which vector files are in use: the
+        // rest is debris of interrupted writes and merges.
+        if let Some(vectors) = &self.vectors {
+            vectors.remove_uncommitted(&self.dir.join(VECTORS_DIR), self.generation)?;
         }
         Ok(writer)
     }

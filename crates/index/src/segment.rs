@@ -100,7 +100,7 @@ impl Segment {
         &self.vectors[at..at + self.dimension]
     }
 
-    /// The similarity of `query` to each vector of `slot`.
+    /// The cosine similarity of `query` (unit length) to the vector of `slot`.
     pub(crate) fn similarity(&self, query: &[f32], slot: u32) -> f32 {
         dot(query, self.vector(slot))
     }

@@ -248,7 +248,7 @@ impl VectorIndex {
                 sync_dir(&dir)?;
             }
         }
-        let commit = self.commit_file(Some(generation));
+        let commit = self.commit_file(generation);
         let path = vectors_dir.join(commit_file_name(generation));
         write_synced(&path, &serde_json::to_vec_pretty(&commit).expect("serializes"))?;
         sync_dir(vectors_dir)?;
@@ -263,13 +263,13 @@ impl VectorIndex {
     }
 
     /// The commit file of this state; `generation` is where changed tombstones are written.
-    fn commit_file(&self, generation: Option<u64>) -> CommitFile {
+    fn commit_file(&self, generation: u64) -> CommitFile {
         let segments = self
             .parts
             .iter()
             .map(|part| CommittedSegment {
                 name: part.segment.name.clone(),
-                tombstones: if part.changed { generation } else { part.tombstones },
+                tombstones: if part.changed { Some(generation) } else { part.tombstones },
             })
             .collect();
         CommitFile { segments }
@@ -440,9 +440,10 @@ fn tombstones_file(generation: u64) -> String {
     format!("tombstones-{generation:010}.json")
 }
 
-/// The working folder name of a merge into segment `name` by this process: `.merging-` and
-/// the process's id and start time, so that a process that reuses a dead one's id (as the
-/// first process of every container does) knows that folder is not its own.
+/// The working folder name of a merge into segment `name` by this process: `.merging-`, the
+/// process's id and a tag drawn once per process (the time of its first merge), so that a
+/// process that reuses a dead one's id (as the first process of every container does) knows
+/// that folder is not its own.
 pub(crate) fn merging_folder(name: &str) -> String {
     format!("{name}.merging-{}", process_tag())
 }
