@@ -22,6 +22,12 @@
 //!   hybrid `_search` latency for a fifth of that time with no writes, then for all of it while
 //!   10-document bulks with vectors stream in at 100 documents/s: p99 both ways.
 //!
+//! With `CLOZE_SCALE_REUSE=1`, a size whose collection an earlier run left in
+//! `target/scale/runs/SIZE` is measured again as it is, from a server restarted on it, without
+//! loading it (no ingest figures): to measure changes to searching and holding a collection
+//! without building it again. Documents the earlier run wrote besides the first SIZE passages
+//! are deleted first.
+//!
 //! Results go to `target/bench-results/scale-SIZE.json` and a table on standard output.
 
 use std::io::{BufRead, BufReader, Write};
@@ -211,21 +217,44 @@ fn run(
     stream: Duration,
 ) -> Value {
     let work = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../target/scale/runs/{size}"));
-    if work.exists() {
-        std::fs::remove_dir_all(&work).unwrap();
-    }
-    std::fs::create_dir_all(&work).unwrap();
     let data = work.join("index");
-    let server = Server::start(&data, &work.join("server.log"));
-    server.call("PUT", "/collections/g", Some(&json!({"model": model}).to_string()));
-
-    eprintln!("{size}: loading {size} passages with their vectors ...");
-    let started = Instant::now();
-    for chunk in passages[..size].chunks(BULK) {
-        server.call("POST", "/collections/g/_bulk", Some(&bulk_body(chunk.iter(), true)));
+    let reuse = std::env::var("CLOZE_SCALE_REUSE").is_ok_and(|v| v == "1")
+        && data.join("g").join("manifest.json").is_file();
+    if !reuse {
+        if work.exists() {
+            std::fs::remove_dir_all(&work).unwrap();
+        }
+        std::fs::create_dir_all(&work).unwrap();
     }
-    let ingest_seconds = started.elapsed().as_secs_f64();
-    let segments_after_load = server.call("GET", "/collections/g", None)["segments"].as_u64();
+    let server = Server::start(&data, &work.join("server.log"));
+    let started = Instant::now();
+    let (ingest_seconds, segments_after_load) = if reuse {
+        eprintln!("{size}: measuring the collection an earlier run left ...");
+        let kept: std::collections::HashSet<&str> =
+            passages[..size].iter().map(|p| p.id.as_str()).collect();
+        let extra: Vec<String> = DataDir::new(&data)
+            .open("g")
+            .unwrap()
+            .document_ids()
+            .unwrap()
+            .into_iter()
+            .filter(|id| !kept.contains(id.as_str()))
+            .collect();
+        for chunk in extra.chunks(BULK) {
+            let body: String =
+                chunk.iter().map(|id| format!("{}\n", json!({"delete": {"_id": id}}))).collect();
+            server.call("POST", "/collections/g/_bulk", Some(&body));
+        }
+        (None, None)
+    } else {
+        server.call("PUT", "/collections/g", Some(&json!({"model": model}).to_string()));
+        eprintln!("{size}: loading {size} passages with their vectors ...");
+        for chunk in passages[..size].chunks(BULK) {
+            server.call("POST", "/collections/g/_bulk", Some(&bulk_body(chunk.iter(), true)));
+        }
+        let ingest_seconds = started.elapsed().as_secs_f64();
+        (Some(ingest_seconds), server.call("GET", "/collections/g", None)["segments"].as_u64())
+    };
     let mut described;
     loop {
         described = server.call("GET", "/collections/g", None);
@@ -240,7 +269,7 @@ fn run(
     let disk = bytes_under(&data);
     eprintln!(
         "{size}: {:.0} documents/s acknowledged, one segment after {settled_seconds:.0} s; RSS {} MB",
-        size as f64 / ingest_seconds,
+        ingest_seconds.map_or(f64::NAN, |seconds| size as f64 / seconds),
         rss >> 20
     );
 
@@ -402,7 +431,9 @@ fn run(
     });
     let result = json!({
         "bench": "scale", "documents": size, "inputs": inputs, "model": model,
-        "ingest": {"seconds": ingest_seconds, "documents_per_second": size as f64 / ingest_seconds,
+        "reused": reuse,
+        "ingest": {"seconds": ingest_seconds,
+            "documents_per_second": ingest_seconds.map(|seconds| size as f64 / seconds),
             "segments_when_acknowledged": segments_after_load,
             "seconds_until_one_segment": settled_seconds},
         "memory": {"rss_bytes": rss, "peak_rss_bytes": peak_rss}, "disk_bytes": disk,
@@ -455,7 +486,7 @@ fn main() {
     for row in &rows {
         let vector = &row["vector_search"];
         println!("{:>10} {:>12.0} {:>10.0} {:>12.1} {:>12.1} {:>9} {:>9} {:>8.4} {:>9.0} {:>9.0} {:>9.0} {:>7.2}",
-            row["documents"], row["ingest"]["documents_per_second"].as_f64().unwrap(),
+            row["documents"], row["ingest"]["documents_per_second"].as_f64().unwrap_or(f64::NAN),
             row["ingest"]["seconds_until_one_segment"].as_f64().unwrap(),
             row["bulk_10_with_embedding"]["p50_ms"].as_f64().unwrap(),
             row["bulk_10_with_embedding"]["p99_ms"].as_f64().unwrap(),

@@ -181,13 +181,11 @@ fn assemble(
     let mut vectors = Vec::new();
     let mut born_dead = Vec::new();
     let mut sources = Vec::new();
-    let mut graph: Option<Graph> = None;
+    let reuse_base =
+        plan.reuse_base && !vectors_dir.as_os_str().is_empty() && inputs[0].segment.graph.is_some();
     for (input, part) in inputs.iter().enumerate() {
         let segment = &part.segment;
-        if input == 0 && plan.reuse_base && !vectors_dir.as_os_str().is_empty() {
-            graph = segment.load_graph(&vectors_dir.join(&segment.name))?;
-        }
-        let carried: Vec<u32> = if graph.is_some() && input == 0 {
+        let carried: Vec<u32> = if reuse_base && input == 0 {
             // The base graph keeps every point, the dead ones as tombstones.
             born_dead = part.dead_slot_list();
             (0..segment.slots() as u32).collect()
@@ -201,6 +199,11 @@ fn assemble(
         }
     }
     let mut merged = Segment::from_slots(new_segment_name(), dimension, owners, vectors, born_dead);
+    // Read after the merged segment's own small allocations are made: the graph is millions of
+    // small blocks, freed when the merge is done, and what outlives it should not sit between
+    // them and keep their pages resident.
+    let base = &inputs[0].segment;
+    let graph = if reuse_base { base.load_graph(&vectors_dir.join(&base.name))? } else { None };
     let first_new = if graph.is_some() { inputs[0].segment.slots() } else { 0 };
     let graph = graph.unwrap_or_else(|| new_graph(index.settings(), merged.slots()));
     let points: Vec<(&[f32], usize)> =

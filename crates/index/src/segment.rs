@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! vectors/<segment>/vectors.f32              every slot's vector, little-endian f32
-//! vectors/<segment>/hnsw.hnsw.graph          the HNSW graph (hnsw_rs's dump), merged segments only
-//! vectors/<segment>/hnsw.hnsw.data
+//! vectors/<segment>/graph.links              the graph's links as searches walk them, merged
+//!                                            segments only: what opening a collection reads
+//! vectors/<segment>/hnsw.hnsw.graph          the same graph as hnsw_rs dumps it: what a merge
+//! vectors/<segment>/hnsw.hnsw.data           starts from to insert more points
 //! vectors/<segment>/slots.json               slot -> document id, slots dead at birth, checksums;
 //!                                            written last
 //! vectors/<segment>/tombstones-<gen>.json    the slots dead as of commit <gen>, when any died since
@@ -32,6 +34,7 @@ use crate::manifest::HnswSettings;
 
 const SLOTS_FILE: &str = "slots.json";
 const VECTORS_FILE: &str = "vectors.f32";
+const LINKS_FILE: &str = "graph.links";
 const HNSW_BASENAME: &str = "hnsw";
 /// hnsw_rs's layer cap; with M = 16 it is reached only past billions of points.
 const MAX_LAYERS: usize = 16;
@@ -126,6 +129,11 @@ impl Segment {
         let bytes: Vec<u8> = self.vectors.iter().flat_map(|x| x.to_le_bytes()).collect();
         write_synced(&dir.join(VECTORS_FILE), &bytes)?;
         checksums.insert(VECTORS_FILE.to_string(), sha256(&bytes));
+        if let Some(flat) = self.graph.as_ref().filter(|_| graph.is_some()) {
+            let bytes = flat.to_bytes();
+            write_synced(&dir.join(LINKS_FILE), &bytes)?;
+            checksums.insert(LINKS_FILE.to_string(), sha256(&bytes));
+        }
         if let Some(graph) = graph.filter(|_| !self.owners.is_empty()) {
             let basename = graph.file_dump(dir, HNSW_BASENAME).map_err(|e| IndexError::Io {
                 path: dir.to_path_buf(),
@@ -198,10 +206,19 @@ impl Segment {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let mut segment =
             Segment::from_slots(name, dimension, slots.owners, vectors, slots.tombstones);
-        if graph_files().iter().all(|name| slots.checksums.contains_key(name)) {
+        let has_hnsw = graph_files().iter().all(|name| slots.checksums.contains_key(name));
+        if has_hnsw {
             for name in graph_files() {
                 checked(&name)?;
             }
+        }
+        if slots.checksums.contains_key(LINKS_FILE) {
+            let bytes = checked(LINKS_FILE)?;
+            let graph = FlatGraph::read(&bytes, &segment.vectors, dimension)
+                .map_err(|e| corrupt(format!("{LINKS_FILE}: {e}")))?;
+            segment.graph = Some(graph);
+        } else if has_hnsw {
+            // Written before segments kept their links: rebuilt from hnsw_rs's dump.
             let graph = load_graph(dir).map_err(corrupt)?;
             if graph.get_nb_point() != segment.slots() {
                 return Err(corrupt(format!(

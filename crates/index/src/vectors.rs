@@ -704,7 +704,7 @@ mod tests {
         let wrong_dimension = VectorIndex::load(dir.path(), 2, 8, HnswSettings::default());
         assert!(wrong_dimension.err().unwrap().to_string().contains("24 dimensions"));
         let graph_segment = dir.path().join(&index.parts[0].segment.name);
-        for name in ["vectors.f32", "hnsw.hnsw.graph", "hnsw.hnsw.data"] {
+        for name in ["vectors.f32", "graph.links", "hnsw.hnsw.graph", "hnsw.hnsw.data"] {
             let path = graph_segment.join(name);
             let original = std::fs::read(&path).unwrap();
             let mut damaged = original.clone();
