@@ -468,7 +468,7 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
     let report = judged("eval", &["--mode", "semantic"]);
     assert_eq!(report["mrr@10"], 1.0);
     assert_eq!(report["settings"]["semantic"]["model"]["pooling"], "mean");
-    assert_eq!(report["settings"]["ef_search"], 200);
+    assert_eq!(report["settings"]["ef_search"], 400);
 
     // Hybrid: both sides fused, each hit explaining its ranks; bad fusion flags are refused.
     let hybrid = ws.json(&[

@@ -81,7 +81,7 @@ pub struct IndexArgs {
     ef_construction: Option<usize>,
 
     /// For a new collection with vectors: HNSW candidates per search, which a search can
-    /// override [default: 100].
+    /// override [default: 400].
     #[arg(long, value_name = "N", requires = "vectors")]
     ef_search: Option<usize>,
 
