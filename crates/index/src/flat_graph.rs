@@ -464,8 +464,6 @@ mod tests {
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
-    use crate::manifest::HnswSettings;
-    use crate::segment::new_graph;
 
     const DIMENSION: usize = 16;
 
@@ -473,7 +471,8 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(5);
         let vectors: Vec<f32> =
             (0..points * DIMENSION).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let graph = new_graph(&HnswSettings::default(), points);
+        // M 16, ef_construction 200: the defaults a collection gets.
+        let graph = Hnsw::new(16, points, 16, 200, UnitCosine);
         let slots: Vec<(&[f32], usize)> = vectors.chunks_exact(DIMENSION).zip(0..).collect();
         graph.parallel_insert_slice(&slots);
         (FlatGraph::from_hnsw(&graph, &vectors, DIMENSION), vectors)
