@@ -129,12 +129,14 @@ impl Segment {
         let bytes: Vec<u8> = self.vectors.iter().flat_map(|x| x.to_le_bytes()).collect();
         write_synced(&dir.join(VECTORS_FILE), &bytes)?;
         checksums.insert(VECTORS_FILE.to_string(), sha256(&bytes));
-        if let Some(flat) = self.graph.as_ref().filter(|_| graph.is_some()) {
-            let bytes = flat.to_bytes();
-            write_synced(&dir.join(LINKS_FILE), &bytes)?;
-            checksums.insert(LINKS_FILE.to_string(), sha256(&bytes));
-        }
         if let Some(graph) = graph.filter(|_| !self.owners.is_empty()) {
+            // The links and hnsw_rs's dump are written together: opening reads the links, and a
+            // merge that starts from this segment's graph reads the dump.
+            if let Some(flat) = &self.graph {
+                let bytes = flat.to_bytes();
+                write_synced(&dir.join(LINKS_FILE), &bytes)?;
+                checksums.insert(LINKS_FILE.to_string(), sha256(&bytes));
+            }
             let basename = graph.file_dump(dir, HNSW_BASENAME).map_err(|e| IndexError::Io {
                 path: dir.to_path_buf(),
                 source: std::io::Error::other(e.to_string()),
