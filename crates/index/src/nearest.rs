@@ -342,14 +342,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_document_with_windows_scores_by_its_best_window() {
-        let vectors = unit_vectors(4, 6);
+    /// "long" with two windows (the first two vectors), "short" with one (the third).
+    fn long_and_short(vectors: &[Vec<f32>]) -> VectorIndex {
         let mut index = VectorIndex::empty(DIMENSION, HnswSettings::default());
         index.insert(vec![
             ("long".to_string(), vec![vectors[0].clone(), vectors[1].clone()]),
             ("short".to_string(), vec![vectors[2].clone()]),
         ]);
+        index
+    }
+
+    #[test]
+    fn a_document_with_windows_scores_by_its_best_window() {
+        let vectors = unit_vectors(4, 6);
+        let mut index = long_and_short(&vectors);
         for found in [index.nearest(&vectors[1], 2, 10, None), index.exact_nearest(&vectors[1], 2)]
         {
             assert_eq!(ids(&found), ["long", "short"]);
@@ -362,11 +368,7 @@ mod tests {
     #[test]
     fn similarities_and_means_read_each_documents_own_vectors() {
         let vectors = unit_vectors(4, 8);
-        let mut index = VectorIndex::empty(DIMENSION, HnswSettings::default());
-        index.insert(vec![
-            ("long".to_string(), vec![vectors[0].clone(), vectors[1].clone()]),
-            ("short".to_string(), vec![vectors[2].clone()]),
-        ]);
+        let mut index = long_and_short(&vectors);
         let query = &vectors[3];
         let similarities = index.similarities(query, &["short", "long", "gone"]);
         let expected_long = dot(query, &vectors[0]).max(dot(query, &vectors[1]));
