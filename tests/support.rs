@@ -1,4 +1,8 @@
-//! What the cross-crate tests share: finding the shared test collections and indexing them.
+//! What the cross-crate tests share: finding the shared test collections and indexing them,
+//! and (in [`cluster`]) a cluster of hosts on one machine.
+
+#[path = "cluster.rs"]
+pub mod cluster;
 
 use std::path::{Path, PathBuf};
 

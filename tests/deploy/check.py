@@ -10,6 +10,11 @@
    argument, as the image's unprivileged user when this runs as root, with the compose file's
    environment, on 0.0.0.0; the image's HEALTHCHECK command then passes, and an admin request
    with the key succeeds while one without is refused.
+5. docker-compose.cluster.yml passes the same schema and key checks, and its services run here
+   as their containers would: the three NATS servers with their commands (Debian's
+   nats-server, on local ports), the three nodes and the router with the Cloze image's command
+   line and the file's environment. Through the router, with the key, a partitioned collection
+   is created, written and searched; the router's health check passes.
 
 Usage: python3 tests/deploy/check.py PATH/TO/cloze
 """
@@ -77,17 +82,17 @@ def interpolate(value, env):
     return value
 
 
-def compose():
-    document = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+def compose(name="docker-compose.yml"):
+    document = yaml.safe_load((ROOT / name).read_text())
     schema_file = importlib.resources.files("compose.config") / "compose_spec.json"
     schema = json.loads(schema_file.read_text())
     errors = [f"{'/'.join(map(str, e.instance_path))}: {e.message}"
               for e in jsonschema_rs.validator_for(schema).iter_errors(document)]
     if errors:
-        fail("docker-compose.yml does not follow the Compose specification:\n" + "\n".join(errors))
+        fail(f"{name} does not follow the Compose specification:\n" + "\n".join(errors))
     try:
         interpolate(document, {})
-        fail("docker-compose.yml starts without CLOZE_ADMIN_KEY: it must insist on one")
+        fail(f"{name} starts without CLOZE_ADMIN_KEY: it must insist on one")
     except ValueError as error:
         if "CLOZE_ADMIN_KEY" not in str(error):
             raise
@@ -123,15 +128,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def request(url, key=None, method="GET"):
-    req = urllib.request.Request(url, method=method, data=b"{}" if method == "PUT" else None)
+def request(url, key=None, method="GET", body=None, answer=False):
+    data = body if body is not None else (b"{}" if method == "PUT" else None)
+    req = urllib.request.Request(url, method=method, data=data)
+    req.add_header("Content-Type", "application/json")
     if key:
         req.add_header("Authorization", f"Bearer {key}")
     try:
-        with urllib.request.urlopen(req, timeout=5) as response:
-            return response.status
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return (response.status, json.loads(response.read())) if answer else response.status
     except urllib.error.HTTPError as error:
-        return error.code
+        return (error.code, error.read().decode()) if answer else error.code
 
 
 def run_like_the_container(binary, cmd, user, service, instructions):
@@ -181,6 +188,88 @@ def run_like_the_container(binary, cmd, user, service, instructions):
         shutil.rmtree(work, ignore_errors=True)
 
 
+def run_the_cluster(binary, document, cmd_of_image):
+    """Runs docker-compose.cluster.yml's services as local processes: service names become
+    127.0.0.1 with a free port for each port a service listens on."""
+    services = document["services"]
+    nats = sorted(name for name in services if services[name].get("image", "").startswith("nats"))
+    nodes = sorted(name for name in services if services[name].get("command", [""])[0] == "node")
+    if len(nats) != 3 or len(nodes) != 3 or "router" not in services:
+        fail(f"docker-compose.cluster.yml: expected three NATS servers, three nodes and a router: {sorted(services)}")
+    ports = {(name, port): str(free_port()) for name in nats for port in ("4222", "6222")}
+    router_port = str(free_port())
+
+    def local(text):
+        for (name, port), local_port in ports.items():
+            text = text.replace(f"{name}:{port}", f"127.0.0.1:{local_port}")
+        return text
+
+    work = Path(tempfile.mkdtemp())
+    processes = []
+    try:
+        for name in nats:
+            args = [local(a) for a in services[name]["command"]]
+            args = [str(work / name) if a == "/data" else a for a in args]
+            args = [f"nats://127.0.0.1:{ports[(name, '6222')]}" if a == "nats://0.0.0.0:6222" else a for a in args]
+            if "--store_dir" not in args or "--jetstream" not in args:
+                fail(f"{name} does not run JetStream with a stored folder: {args}")
+            processes.append(subprocess.Popen(["nats-server", "--port", ports[(name, "4222")]] + args,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        settings = shutil.copy(ROOT / "configs/server.toml", work / "server.toml")
+        for name in nodes + ["router"]:
+            service = services[name]
+            env = {k: local(str(v)) for k, v in service["environment"].items()}
+            env["PATH"] = os.environ["PATH"]
+            data = work / name / "index"
+            data.mkdir(parents=True)
+            args = [a.replace("/etc/cloze/server.toml", str(settings)).replace("7700", router_port)
+                    for a in service["command"]]
+            targets = [v.split(":")[1] for v in service.get("volumes", [])]
+            if name != "router" and "/data/index" not in targets:
+                fail(f"{name} keeps its partitions outside a volume: {targets}")
+            processes.append(subprocess.Popen([binary, "--data-dir", str(data)] + args, env=env,
+                                              stdout=subprocess.PIPE if name == "router" else subprocess.DEVNULL,
+                                              stderr=open(work / f"{name}.log", "w")))
+        line = processes[-1].stdout.readline().decode()
+        if not line.startswith(f"listening on http://0.0.0.0:{router_port}"):
+            fail(f"the router did not listen on 0.0.0.0: {line!r}")
+        check = [a.replace("7700", router_port) for a in services["router"]["healthcheck"]["test"][1:]]
+        if subprocess.run(check, capture_output=True).returncode != 0:
+            fail("the router's health check failed")
+        base = f"http://127.0.0.1:{router_port}"
+        settings_body = json.dumps({"partitions": 6, "replicas": 2}).encode()
+        if request(f"{base}/collections/docs", method="PUT", body=settings_body) != 401:
+            fail("a change through the router without the key was not refused")
+        deadline = time.time() + 90
+        while True:  # the router answers 503 until JetStream has a leader and the nodes joined
+            status, answer = request(f"{base}/collections/docs", key=KEY, method="PUT", body=settings_body, answer=True)
+            if status == 201 or time.time() > deadline:
+                break
+            time.sleep(1)
+        if status != 201:
+            fail(f"creating a partitioned collection through the router: {status} {answer}")
+        bulk = "".join(json.dumps({"index": {"_id": f"d{i}"}}) + "\n" + json.dumps({"text": f"document {i} about whales"}) + "\n"
+                       for i in range(20)).encode()
+        status, answer = request(f"{base}/collections/docs/_bulk?refresh=wait_for", key=KEY, method="POST", body=bulk, answer=True)
+        if status != 200 or answer.get("errors"):
+            logs = "".join(f"\n--- {name}\n" + "".join((work / f"{name}.log").read_text().splitlines(True)[-15:])
+                           for name in nodes + ["router"])
+            fail(f"a bulk through the router: {status} {answer}{logs}")
+        status, answer = request(f"{base}/collections/docs/_search", key=KEY, method="POST",
+                                 body=json.dumps({"q": "whales", "k": 50}).encode(), answer=True)
+        if status != 200 or len(answer["hits"]) != 20 or answer["partial"]:
+            fail(f"a search through the router: {status} {answer}")
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     binary = sys.argv[1]
     instructions = dockerfile_instructions()
@@ -188,7 +277,8 @@ def main():
     service = compose()["services"]["cloze"]
     cmd, user = agree(service, instructions)
     run_like_the_container(binary, cmd, user, service, instructions)
-    print("deploy check: Dockerfile and docker-compose.yml pass")
+    run_the_cluster(binary, compose("docker-compose.cluster.yml"), cmd)
+    print("deploy check: Dockerfile, docker-compose.yml and docker-compose.cluster.yml pass")
 
 
 if __name__ == "__main__":

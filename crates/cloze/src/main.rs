@@ -49,6 +49,9 @@ enum Command {
     Compact(commands::compact::CompactArgs),
     Collections(commands::collections::CollectionsArgs),
     Serve(commands::serve::ServeArgs),
+    Node(commands::cluster::NodeArgs),
+    Router(commands::cluster::RouterArgs),
+    Cluster(commands::cluster::ClusterArgs),
     Snapshot(commands::snapshot::SnapshotArgs),
     Restore(commands::snapshot::RestoreArgs),
     Train(commands::train::TrainArgs),
@@ -61,12 +64,13 @@ fn main() -> ExitCode {
     // server does not: its per-query work is small, and with memory kept in each of its many
     // threads' malloc arenas its heap climbed under load (300 -> 373 MiB in a 4-minute soak)
     // where glibc's defaults hold it level (about 200 MiB) at the same speed.
-    if !matches!(cli.command, Command::Serve(_)) {
+    let serving = matches!(cli.command, Command::Serve(_) | Command::Node(_) | Command::Router(_));
+    if !serving {
         cloze_mlm::allocator::reuse_freed_memory();
     }
     let default_level = match cli.verbose {
         // A server's log is how its operator follows it.
-        0 if matches!(cli.command, Command::Serve(_)) => "info,hnsw_rs=warn",
+        0 if serving => "info,hnsw_rs=warn",
         0 => "warn",
         1 => "info",
         _ => "debug",
@@ -87,6 +91,9 @@ fn main() -> ExitCode {
         Command::Compact(args) => commands::compact::run(&data_dir, args),
         Command::Collections(args) => commands::collections::run(&data_dir, args),
         Command::Serve(args) => commands::serve::run(data_dir, args),
+        Command::Node(args) => commands::cluster::node(data_dir, args),
+        Command::Router(args) => commands::cluster::router(args),
+        Command::Cluster(args) => commands::cluster::cluster(args),
         Command::Snapshot(args) => commands::snapshot::run(&data_dir, args),
         Command::Restore(args) => commands::snapshot::restore(&data_dir, args),
         Command::Train(args) => commands::train::run(args),

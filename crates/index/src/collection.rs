@@ -35,6 +35,7 @@ use crate::analyzer::AnalyzerSettings;
 use crate::encoder::{Encoder, ModelRecord};
 use crate::error::IndexError;
 use crate::files::process_is_running;
+use crate::live_statistics::BodyLengths;
 use crate::manifest::{FusionSettings, Manifest, SemanticSettings};
 use crate::merge::{self, BuiltMerge, MergePlan};
 use crate::nearest::Neighbour;
@@ -206,17 +207,22 @@ fn load_vectors(
 
 /// The vector generation that the index's last commit names (0 before any).
 pub(crate) fn committed_generation(index: &Index, dir: &Path) -> Result<u64, IndexError> {
+    committed_payload(index, dir).map(|payload| payload.vector_generation)
+}
+
+/// What the index's last commit carries (all zero before any).
+fn committed_payload(index: &Index, dir: &Path) -> Result<CommitPayload, IndexError> {
     let metas = index
         .load_metas()
         .map_err(|source| IndexError::Tantivy { path: dir.join(TANTIVY_DIR), source })?;
     match metas.payload {
-        None => Ok(0),
-        Some(payload) => serde_json::from_str::<CommitPayload>(&payload)
-            .map(|payload| payload.vector_generation)
-            .map_err(|e| IndexError::CorruptVectors {
+        None => Ok(CommitPayload::default()),
+        Some(payload) => serde_json::from_str::<CommitPayload>(&payload).map_err(|e| {
+            IndexError::CorruptVectors {
                 path: dir.join(TANTIVY_DIR),
                 message: format!("the commit payload {payload:?}: {e}"),
-            }),
+            }
+        }),
     }
 }
 
@@ -289,16 +295,23 @@ pub struct Collection {
     fields: Fields,
     /// The vector commit named by the last tantivy commit.
     generation: u64,
+    /// The last log entry applied, for a replica fed from a replicated log.
+    log_position: Option<u64>,
     /// Present when the collection has a model.
     vectors: Option<VectorIndex>,
     /// Loaded when first needed: keyword searches never pay for it.
     encoder: OnceLock<Arc<Encoder>>,
+    /// Shared by every state of the collection, for its live BM25 figures.
+    body_lengths: BodyLengths,
 }
 
-/// What a tantivy commit carries: the vector commit that matches its documents.
-#[derive(Debug, Serialize, Deserialize)]
+/// What a tantivy commit carries: the vector commit that matches its documents, and for a
+/// replica of a clustered partition, the last log entry the commit includes.
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct CommitPayload {
     vector_generation: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    log_position: Option<u64>,
 }
 
 /// What an ingest did.
@@ -353,9 +366,10 @@ impl Collection {
         // vectors and again after building the reader is the same only if no commit came in
         // between; otherwise (or if the vectors were removed meanwhile) try again.
         let mut attempts = 0;
-        let (reader, generation, vectors) = loop {
+        let (reader, generation, log_position, vectors) = loop {
             attempts += 1;
-            let generation = committed_generation(&index, &dir)?;
+            let CommitPayload { vector_generation: generation, log_position } =
+                committed_payload(&index, &dir)?;
             let vectors = match &manifest.semantic {
                 Some(semantic) => match load_vectors(&dir, semantic, generation) {
                     Ok(vectors) => Some(vectors),
@@ -375,7 +389,7 @@ impl Collection {
                 .try_into()
                 .map_err(tantivy_error)?;
             if committed_generation(&index, &dir)? == generation {
-                break (reader, generation, vectors);
+                break (reader, generation, log_position, vectors);
             }
             if attempts == OPEN_ATTEMPTS {
                 return Err(IndexError::Busy(name.to_string()));
@@ -393,8 +407,10 @@ impl Collection {
             reader,
             fields,
             generation,
+            log_position,
             vectors,
             encoder: OnceLock::new(),
+            body_lengths: BodyLengths::default(),
         })
     }
 
@@ -432,7 +448,7 @@ impl Collection {
         self.searcher().num_docs()
     }
 
-    fn tantivy_error(&self, source: tantivy::TantivyError) -> IndexError {
+    pub(crate) fn tantivy_error(&self, source: tantivy::TantivyError) -> IndexError {
         IndexError::Tantivy { path: self.dir.join(TANTIVY_DIR), source }
     }
 
@@ -524,6 +540,41 @@ impl Collection {
     pub fn apply<I, E>(
         &mut self,
         changes: I,
+        on_change: impl FnMut(),
+    ) -> Result<Vec<Outcome>, IndexError>
+    where
+        I: IntoIterator<Item = Result<Change, E>>,
+        IndexError: From<E>,
+    {
+        self.apply_logged(changes, None, on_change)
+    }
+
+    /// Applies changes as [`Collection::apply`] does, for a replica fed from a replicated log:
+    /// the commit also records `log_position`, the last log entry the changes come from, so
+    /// after a crash the replica knows where to resume ([`Collection::log_position`]). Changes
+    /// are upserts and deletes by id, so applying an entry twice leaves the same documents.
+    pub fn apply_at_log_position<I, E>(
+        &mut self,
+        changes: I,
+        log_position: u64,
+    ) -> Result<Vec<Outcome>, IndexError>
+    where
+        I: IntoIterator<Item = Result<Change, E>>,
+        IndexError: From<E>,
+    {
+        self.apply_logged(changes, Some(log_position), || {})
+    }
+
+    /// The last log entry the committed state includes (see
+    /// [`Collection::apply_at_log_position`]); None for a collection not fed from a log.
+    pub fn log_position(&self) -> Option<u64> {
+        self.log_position
+    }
+
+    fn apply_logged<I, E>(
+        &mut self,
+        changes: I,
+        log_position: Option<u64>,
         mut on_change: impl FnMut(),
     ) -> Result<Vec<Outcome>, IndexError>
     where
@@ -534,7 +585,14 @@ impl Collection {
         let before = self.vectors.clone();
         let mut outcomes = Vec::new();
         let queued = self.queue(&mut writer, changes, &mut outcomes, &mut on_change);
-        self.finish(writer, queued, before)?;
+        let position_before = self.log_position;
+        if log_position.is_some() {
+            self.log_position = log_position;
+        }
+        if let Err(error) = self.finish(writer, queued, before) {
+            self.log_position = position_before;
+            return Err(error);
+        }
         Ok(outcomes)
     }
 
@@ -914,7 +972,10 @@ impl Collection {
             })
             .and_then(|()| {
                 let mut prepared = writer.prepare_commit().map_err(|e| self.tantivy_error(e))?;
-                let payload = CommitPayload { vector_generation: generation };
+                let payload = CommitPayload {
+                    vector_generation: generation,
+                    log_position: self.log_position,
+                };
                 prepared.set_payload(&serde_json::to_string(&payload).expect("serializes"));
                 prepared.commit().map_err(|e| self.tantivy_error(e))
             });
@@ -997,6 +1058,26 @@ impl Collection {
                 .map_err(|e| self.tantivy_error(e.into()))?;
         }
         Ok(ids)
+    }
+
+    pub(crate) fn body_lengths(&self) -> &BodyLengths {
+        &self.body_lengths
+    }
+
+    /// The body a stored document was indexed with: its title and text, as
+    /// [`Document::searchable_text`] joins them.
+    pub(crate) fn body_of(&self, stored: &TantivyDocument) -> String {
+        let text_of = |field| {
+            stored.get_first(field).and_then(|value| value.as_str()).unwrap_or("").to_string()
+        };
+        let document = Document {
+            id: String::new(),
+            title: text_of(self.fields.title),
+            text: text_of(self.fields.text),
+            metadata: Map::new(),
+            vector: None,
+        };
+        document.searchable_text()
     }
 
     /// The stored fields of a document found by `searcher`.

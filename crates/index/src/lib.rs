@@ -15,6 +15,7 @@ mod encoder;
 mod error;
 mod files;
 mod flat_graph;
+mod live_statistics;
 mod manifest;
 mod merge;
 mod nearest;

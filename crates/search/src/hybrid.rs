@@ -328,6 +328,15 @@ pub struct Fused {
     pub explanation: Explanation,
 }
 
+impl From<Fused> for Hit {
+    /// A hit ranked by its fused score, with how it was fused as its explanation.
+    fn from(fused: Fused) -> Hit {
+        let mut hit = Hit::ranked(fused.id, fused.explanation.fused);
+        hit.explanation = Some(fused.explanation);
+        hit
+    }
+}
+
 /// Fuses two rankings (best first) into one, best first; equal fused scores keep the order in
 /// which documents were first met, keyword side first. Each side is cut to `fusion.depth`,
 /// except a semantic side with feedback, which [`Candidates::with_feedback`] has already cut
@@ -573,16 +582,8 @@ pub(crate) fn search(
     let started = Instant::now();
     let fused = fuse(&found.keyword, &semantic, &fusion);
     let total = fused.len();
-    let mut hits: Vec<Hit> = fused
-        .into_iter()
-        .skip(request.offset)
-        .take(request.limit)
-        .map(|fused| {
-            let mut hit = Hit::ranked(fused.id, fused.explanation.fused);
-            hit.explanation = Some(fused.explanation);
-            hit
-        })
-        .collect();
+    let mut hits: Vec<Hit> =
+        fused.into_iter().skip(request.offset).take(request.limit).map(Hit::from).collect();
     timings.fusion = started.elapsed();
     if request.with_documents {
         let started = Instant::now();

@@ -10,6 +10,7 @@ use tantivy::schema::IndexRecordOption;
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, Searcher, Term};
 
+use crate::statistics::GivenStatistics;
 use crate::{Explanation, Hit, Results, SearchError, SearchRequest, SideScore, Timings};
 
 /// The longest snippet, in characters.
@@ -45,7 +46,15 @@ pub(crate) fn search(
     }
     let searcher = collection.searcher();
     let top = TopDocs::with_limit(request.limit.max(1)).and_offset(request.offset).order_by_score();
-    let (top, total) = searcher.search(query.as_ref(), &(top, Count)).map_err(tantivy_error)?;
+    let collector = (top, Count);
+    let (top, total) = match &request.statistics {
+        Some(statistics) => {
+            let given = GivenStatistics::new(statistics, collection, &request.query, &searcher)?;
+            searcher.search_with_statistics_provider(query.as_ref(), &collector, &given)
+        }
+        None => searcher.search(query.as_ref(), &collector),
+    }
+    .map_err(tantivy_error)?;
     let top = &top[..top.len().min(request.limit)];
     let addresses: Vec<_> = top.iter().map(|(_, address)| *address).collect();
     let ids = collection.ids(&searcher, &addresses)?;

@@ -10,15 +10,18 @@ mod filter;
 mod hybrid;
 mod keyword;
 mod semantic;
+mod statistics;
 
 pub use filter::{Condition, Filter, FilterError, Scalar, Test};
 pub use hybrid::{
     candidates, fuse, Candidates, Explanation, Feedback, Fused, Fusion, FusionMethod,
     FusionParamError, FusionParams, Normalization, Ranking, SideScore,
 };
+pub use statistics::KeywordStatistics;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cloze_index::{Collection, IndexError};
@@ -91,6 +94,9 @@ pub struct SearchRequest {
     pub filter: Option<Filter>,
     /// With documents: also give each hit its snippet as HTML with the query's terms marked.
     pub highlight: bool,
+    /// Keyword side: score with these statistics instead of the collection's own, so that one
+    /// partition of many ranks as the whole would (see [`KeywordStatistics`]).
+    pub statistics: Option<Arc<KeywordStatistics>>,
 }
 
 impl SearchRequest {
@@ -107,6 +113,7 @@ impl SearchRequest {
             fusion: None,
             filter: None,
             highlight: false,
+            statistics: None,
         }
     }
 }
@@ -134,7 +141,7 @@ pub struct Hit {
 
 impl Hit {
     /// A hit with only its ranking: documents and explanation are filled in later.
-    pub(crate) fn ranked(id: String, score: f32) -> Hit {
+    pub fn ranked(id: String, score: f32) -> Hit {
         Hit {
             id,
             score,
@@ -232,6 +239,16 @@ pub(crate) fn query_vector(
     };
     timings.encode = started.elapsed();
     Ok(vector)
+}
+
+/// Gives each hit (found in `collection` by any search) its title, snippet and metadata for
+/// `request`'s query: for a ranking made elsewhere, such as across partitions.
+pub fn fill_documents(
+    collection: &Collection,
+    hits: &mut [Hit],
+    request: &SearchRequest,
+) -> Result<(), SearchError> {
+    semantic::fill_documents_by_id(collection, hits, request)
 }
 
 /// Runs one search against the committed documents of `collection`. A query with no searchable

@@ -35,6 +35,8 @@ pub struct AppState {
     metrics: Metrics,
     keys: Keys,
     load: Load,
+    /// In a router, the cluster it fronts (and `registry` is unused: it holds no collections).
+    cluster: Option<std::sync::Arc<cloze_cluster::Router>>,
 }
 
 /// Registers every route.
@@ -66,6 +68,29 @@ fn routes(config: &mut web::ServiceConfig) {
         .default_service(web::to(service::not_found));
 }
 
+/// The routes of a router: one node's API over a cluster, and the cluster's own.
+fn cluster_routes(config: &mut web::ServiceConfig) {
+    use routes::{cluster, service};
+    config
+        .route("/", web::get().to(service::page))
+        .route("/health", web::get().to(service::health))
+        .route("/metrics", web::get().to(service::metrics))
+        .route("/openapi.json", web::get().to(service::openapi))
+        .route("/_cluster", web::get().to(cluster::state))
+        .route("/_cluster/_rebalance", web::post().to(cluster::rebalance))
+        .route("/collections", web::get().to(cluster::list))
+        .service(
+            web::resource("/collections/{name}")
+                .route(web::put().to(cluster::create))
+                .route(web::get().to(cluster::get))
+                .route(web::delete().to(cluster::delete)),
+        )
+        .route("/collections/{name}/_bulk", web::post().to(cluster::bulk))
+        .route("/collections/{name}/_search", web::post().to(cluster::search))
+        .route("/collections/{name}/_rank_eval", web::post().to(cluster::rank_eval))
+        .default_service(web::to(service::not_found));
+}
+
 /// Counts every request by the route it matched, and logs it.
 async fn observe(
     request: ServiceRequest,
@@ -90,37 +115,83 @@ async fn observe(
 /// http://ADDRESS` to standard output once it accepts connections (with `bind` port 0, the
 /// port the system chose). With no API key configured it listens on loopback only, and says so.
 pub fn run(config: ServerConfig, data_dir: DataDir) -> std::io::Result<()> {
-    actix_web::rt::System::new().block_on(serve(config, data_dir))
+    actix_web::rt::System::new().block_on(serve(config, Backend::Local(data_dir)))
 }
 
-async fn serve(config: ServerConfig, data_dir: DataDir) -> std::io::Result<()> {
+/// Serves as a router in front of a cluster (see `cloze_cluster`): the same API as one node
+/// for clustered collections, plus `GET /_cluster` and `POST /_cluster/_rebalance`. It keeps no
+/// state of its own, so several may serve side by side. `nats` is one or more NATS URLs,
+/// comma-separated; `nats_replicas` the copies of what it creates in JetStream; `timeout` how
+/// long a node has to answer one phase of a search before another replica is asked.
+pub fn run_router(
+    config: ServerConfig,
+    nats: String,
+    nats_replicas: usize,
+    timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    actix_web::rt::System::new().block_on(async move {
+        // Connected here, so the client's tasks run for as long as the service.
+        let router = cloze_cluster::Router::connect(&nats, nats_replicas, timeout)
+            .await
+            .map_err(std::io::Error::other)?;
+        tracing::info!("connected to NATS at {nats}");
+        serve(config, Backend::Cluster(std::sync::Arc::new(router))).await
+    })
+}
+
+/// Where the collections a service answers for live.
+enum Backend {
+    /// In a data folder on this machine.
+    Local(DataDir),
+    /// On the nodes of a cluster.
+    Cluster(std::sync::Arc<cloze_cluster::Router>),
+}
+
+async fn serve(config: ServerConfig, backend: Backend) -> std::io::Result<()> {
     let workers = match config.workers {
         0 => std::thread::available_parallelism().map_or(1, usize::from),
         n => n,
     };
     let shutdown_timeout = config.shutdown_timeout_secs;
-    match data_dir.clear_debris() {
-        Ok(0) => {}
-        Ok(removed) => tracing::info!("removed {removed} folders left by interrupted writes"),
-        Err(error) => tracing::warn!("could not clear what interrupted writes left: {error}"),
-    }
+    let (data_dir, cluster) = match backend {
+        Backend::Local(data_dir) => {
+            match data_dir.clear_debris() {
+                Ok(0) => {}
+                Ok(removed) => {
+                    tracing::info!("removed {removed} folders left by interrupted writes")
+                }
+                Err(error) => {
+                    tracing::warn!("could not clear what interrupted writes left: {error}")
+                }
+            }
+            (data_dir, None)
+        }
+        // A router's registry is never read: its routes only call the cluster.
+        Backend::Cluster(router) => {
+            (DataDir::new(std::env::temp_dir().join("cloze-router")), Some(router))
+        }
+    };
     let keys = Keys::new(&config);
     let bind = if keys.required() { config.bind.clone() } else { loopback_only(&config.bind)? };
+    let clustered = cluster.is_some();
     let state = web::Data::new(AppState {
         config,
         registry: Registry::new(data_dir),
         metrics: Metrics::default(),
         keys,
         load: Load::default(),
+        cluster,
     });
     let required = state.keys.required();
-    start_merging(state.clone());
+    if !clustered {
+        start_merging(state.clone());
+    }
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .wrap(from_fn(access::guard))
             .wrap(from_fn(observe))
-            .configure(routes)
+            .configure(if clustered { cluster_routes } else { routes })
     })
     .workers(workers)
     .shutdown_timeout(shutdown_timeout)

@@ -1,3 +1,4 @@
+pub mod cluster;
 pub mod collections;
 pub mod compact;
 pub mod delete;

@@ -29,6 +29,15 @@ pub struct ServeArgs {
 }
 
 pub fn run(data_dir: DataDir, args: ServeArgs) -> Result<()> {
+    let config = server_config(args)?;
+    std::fs::create_dir_all(data_dir.path())
+        .with_context(|| format!("creating the data folder {}", data_dir.path().display()))?;
+    cloze_server::run(config, data_dir)?;
+    Ok(())
+}
+
+/// The service's settings: the file's, then the flags', then the keys from the environment.
+pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
     let mut config = match &args.config {
         Some(path) => ServerConfig::from_file(path)?,
         None => ServerConfig::default(),
@@ -52,8 +61,5 @@ pub fn run(data_dir: DataDir, args: ServeArgs) -> Result<()> {
         .validate()
         .map_err(anyhow::Error::msg)
         .context("the server settings (settings file, flags, CLOZE_ADMIN_KEY, CLOZE_SEARCH_KEY)")?;
-    std::fs::create_dir_all(data_dir.path())
-        .with_context(|| format!("creating the data folder {}", data_dir.path().display()))?;
-    cloze_server::run(config, data_dir)?;
-    Ok(())
+    Ok(config)
 }

@@ -17,7 +17,7 @@ use crate::AppState;
 /// with the English analyzer.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct CreateCollection {
+pub(crate) struct CreateCollection {
     /// A model folder on the server (Hugging Face BERT layout): the collection also gets
     /// vectors and answers semantic and hybrid searches.
     model: Option<PathBuf>,
@@ -51,49 +51,70 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let settings: CreateCollection = read_json(&state, &request, payload).await?;
     let name = name.into_inner();
-    let analyzer = match &settings.analyzer {
-        Some(preset) => AnalyzerSettings::preset(preset).ok_or_else(|| {
-            let presets: Vec<_> = AnalyzerSettings::preset_names().collect();
-            ApiError::invalid(format!(
-                "analyzer: unknown preset \"{preset}\" (presets: {})",
-                presets.join(", ")
-            ))
-        })?,
-        None => AnalyzerSettings::default(),
-    };
-    let needs_model = settings.hnsw.is_some()
-        || settings.window_overlap.is_some()
-        || settings.window_length.is_some();
-    let windows = settings.window_overlap.is_some() || settings.window_length.is_some();
-    if settings.model.is_none() && settings.dimension.is_none() && needs_model {
-        return Err(ApiError::invalid(
-            "hnsw, window_overlap and window_length need vectors: model (or dimension) is missing",
-        ));
-    }
-    if settings.model.is_some() && settings.dimension.is_some() {
-        return Err(ApiError::invalid(
-            "dimension: a collection with a model has the model's dimension; give one or the other",
-        ));
-    }
-    if settings.model.is_none() && windows {
-        return Err(ApiError::invalid(
-            "window_overlap and window_length need a model to cut documents into windows",
-        ));
-    }
-    let defaults = HnswSettings::default();
-    let hnsw = settings.hnsw.unwrap_or_default();
-    let hnsw = HnswSettings {
-        m: hnsw.m.unwrap_or(defaults.m),
-        ef_construction: hnsw.ef_construction.unwrap_or(defaults.ef_construction),
-        ef_search: hnsw.ef_search.unwrap_or(defaults.ef_search),
-    };
-    hnsw.validate().map_err(|message| ApiError::invalid(format!("hnsw: {message}")))?;
     let state = state.into_inner();
     let created = blocking(move || {
         if state.registry.data_dir().exists(&name)? {
             return Err(IndexError::CollectionExists(name).into());
         }
         // The model loads before the collection exists, so a bad path creates nothing.
+        let (analyzer, semantic, encoder) = settings.resolve()?;
+        let handle = state.registry.create(&name, |data_dir| {
+            let collection = data_dir.create(&name, analyzer, semantic)?;
+            if let Some(encoder) = encoder {
+                collection.use_encoder(encoder)?;
+            }
+            Ok(collection)
+        })?;
+        Ok(describe(&handle.snapshot()))
+    })
+    .await?;
+    Ok(HttpResponse::Created().json(created))
+}
+
+impl CreateCollection {
+    /// The analyzer and vector settings these ask for, checked, with the model loaded (it
+    /// takes a while: call from a blocking task).
+    pub(crate) fn resolve(
+        self,
+    ) -> Result<(AnalyzerSettings, Option<SemanticSettings>, Option<Encoder>), ApiError> {
+        let settings = self;
+        let analyzer = match &settings.analyzer {
+            Some(preset) => AnalyzerSettings::preset(preset).ok_or_else(|| {
+                let presets: Vec<_> = AnalyzerSettings::preset_names().collect();
+                ApiError::invalid(format!(
+                    "analyzer: unknown preset \"{preset}\" (presets: {})",
+                    presets.join(", ")
+                ))
+            })?,
+            None => AnalyzerSettings::default(),
+        };
+        let needs_model = settings.hnsw.is_some()
+            || settings.window_overlap.is_some()
+            || settings.window_length.is_some();
+        let windows = settings.window_overlap.is_some() || settings.window_length.is_some();
+        if settings.model.is_none() && settings.dimension.is_none() && needs_model {
+            return Err(ApiError::invalid(
+                "hnsw, window_overlap and window_length need vectors: model (or dimension) is missing",
+            ));
+        }
+        if settings.model.is_some() && settings.dimension.is_some() {
+            return Err(ApiError::invalid(
+                "dimension: a collection with a model has the model's dimension; give one or the other",
+            ));
+        }
+        if settings.model.is_none() && windows {
+            return Err(ApiError::invalid(
+                "window_overlap and window_length need a model to cut documents into windows",
+            ));
+        }
+        let defaults = HnswSettings::default();
+        let hnsw = settings.hnsw.unwrap_or_default();
+        let hnsw = HnswSettings {
+            m: hnsw.m.unwrap_or(defaults.m),
+            ef_construction: hnsw.ef_construction.unwrap_or(defaults.ef_construction),
+            ef_search: hnsw.ef_search.unwrap_or(defaults.ef_search),
+        };
+        hnsw.validate().map_err(|message| ApiError::invalid(format!("hnsw: {message}")))?;
         let encoder = match &settings.model {
             Some(model) => Some(
                 Encoder::load(model)
@@ -112,17 +133,8 @@ pub async fn create(
             (None, Some(dimension)) => Some(SemanticSettings::with_dimension(dimension, hnsw)),
             (None, None) => None,
         };
-        let handle = state.registry.create(&name, |data_dir| {
-            let collection = data_dir.create(&name, analyzer, semantic)?;
-            if let Some(encoder) = encoder {
-                collection.use_encoder(encoder)?;
-            }
-            Ok(collection)
-        })?;
-        Ok(describe(&handle.snapshot()))
-    })
-    .await?;
-    Ok(HttpResponse::Created().json(created))
+        Ok((analyzer, semantic, encoder))
+    }
 }
 
 pub async fn get(

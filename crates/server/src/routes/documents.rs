@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::routes::{blocking, read_body};
-use crate::AppState;
+use crate::{AppState, ServerConfig};
 
 /// At most this many wrong lines are listed.
 const MAX_LISTED_ERRORS: usize = 100;
@@ -29,15 +29,6 @@ pub async fn bulk(
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let body = read_body(&state, &request, payload).await?;
-    let max_lines = state.config.max_bulk_lines;
-    let lines = body.split(|&b| b == b'\n').filter(|line| !line.trim_ascii().is_empty()).count();
-    if lines > max_lines {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            format!("the bulk body has {lines} lines, over the limit of {max_lines} (max_bulk_lines); split it"),
-        ));
-    }
     // A collection that holds vectors reads each document's `vector` field as its vector.
     let dimension = {
         let (state, name) = (state.clone().into_inner(), name.as_str().to_string());
@@ -47,30 +38,9 @@ pub async fn bulk(
         })
         .await?
     };
-    let changes: Vec<Change> = match parse_bulk(&body, dimension) {
-        Ok(actions) => actions
-            .into_iter()
-            .map(|action| match action {
-                BulkAction::Index(document) => Change::Upsert(document),
-                BulkAction::Delete(id) => Change::Delete(id),
-            })
-            .collect(),
-        Err(errors) => {
-            let first = &errors[0];
-            let mut error = ApiError::invalid(format!(
-                "line {}: {}; {} wrong line(s) in all, nothing was applied",
-                first.line,
-                first.reason,
-                errors.len()
-            ))
-            .body();
-            error["items"] = errors
-                .iter()
-                .take(MAX_LISTED_ERRORS)
-                .map(|e| json!({"line": e.line, "reason": e.reason}))
-                .collect();
-            return Ok(HttpResponse::BadRequest().json(error));
-        }
+    let changes = match bulk_changes(&state.config, &body, dimension)? {
+        Ok(changes) => changes,
+        Err(wrong_lines) => return Ok(wrong_lines),
     };
     let actions: Vec<(&'static str, String)> = changes
         .iter()
@@ -154,4 +124,48 @@ fn not_found(collection: &str, id: &str) -> ApiError {
         "document_not_found",
         format!("collection \"{collection}\" has no document with id \"{id}\""),
     )
+}
+
+/// The changes a bulk body asks for, in order; a body over the line limit is an error, and one
+/// with wrong lines gets the answer that lists them (nothing is applied).
+pub(crate) fn bulk_changes(
+    config: &ServerConfig,
+    body: &[u8],
+    dimension: Option<usize>,
+) -> Result<Result<Vec<Change>, HttpResponse>, ApiError> {
+    let max_lines = config.max_bulk_lines;
+    let lines = body.split(|&b| b == b'\n').filter(|line| !line.trim_ascii().is_empty()).count();
+    if lines > max_lines {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the bulk body has {lines} lines, over the limit of {max_lines} (max_bulk_lines); split it"),
+        ));
+    }
+    let changes: Vec<Change> = match parse_bulk(body, dimension) {
+        Ok(actions) => actions
+            .into_iter()
+            .map(|action| match action {
+                BulkAction::Index(document) => Change::Upsert(document),
+                BulkAction::Delete(id) => Change::Delete(id),
+            })
+            .collect(),
+        Err(errors) => {
+            let first = &errors[0];
+            let mut error = ApiError::invalid(format!(
+                "line {}: {}; {} wrong line(s) in all, nothing was applied",
+                first.line,
+                first.reason,
+                errors.len()
+            ))
+            .body();
+            error["items"] = errors
+                .iter()
+                .take(MAX_LISTED_ERRORS)
+                .map(|e| json!({"line": e.line, "reason": e.reason}))
+                .collect();
+            return Ok(Err(HttpResponse::BadRequest().json(error)));
+        }
+    };
+    Ok(Ok(changes))
 }

@@ -1,5 +1,6 @@
 //! The HTTP routes, one module per resource, and the body reading they share.
 
+pub mod cluster;
 pub mod collections;
 pub mod documents;
 pub mod rank_eval;

@@ -16,14 +16,14 @@ use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use cloze_eval::{compare, evaluate, CompareOptions, Metric, Qrels, Run};
-use cloze_search::{search, FusionParams, Mode, SearchRequest};
+use cloze_search::{search, FusionParams, Hit, Mode, SearchRequest};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
 use crate::routes::search::{check_mode, parse_mode, SearchBody};
-use crate::routes::{blocking, read_json};
-use crate::AppState;
+use crate::routes::{blocking, parse_json, read_body};
+use crate::{AppState, ServerConfig};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +55,9 @@ const MAX_TRIALS: usize = 100_000;
 struct JudgedQuery {
     id: String,
     query: String,
+    /// The query's vector, for semantic and hybrid modes on a collection whose documents bring
+    /// their own vectors (as `vector` in `_search`).
+    vector: Option<Vec<f32>>,
     ratings: Vec<Rating>,
 }
 
@@ -67,6 +70,170 @@ struct Rating {
     rating: i64,
 }
 
+/// What a `_rank_eval` body asks for, checked: the searches to run and how to score them.
+pub(crate) struct RankEvalPlan {
+    metrics: Vec<Metric>,
+    qrels: Qrels,
+    /// One search per mode, every setting but the query text.
+    pub templates: Vec<SearchRequest>,
+    /// The body's filter as JSON (a clustered collection's nodes read it so).
+    pub filter: Option<Value>,
+    /// Each judged query's id, text and vector if given.
+    queries: Vec<(String, String, Option<Vec<f32>>)>,
+    comparing: bool,
+    options: CompareOptions,
+}
+
+impl RankEvalPlan {
+    pub(crate) fn from_body(body: &[u8], config: &ServerConfig) -> Result<RankEvalPlan, ApiError> {
+        let body: RankEvalBody = parse_json(body)?;
+        if body.requests.is_empty() {
+            return Err(ApiError::invalid("requests: give at least one judged query"));
+        }
+        let metrics = match &body.metrics {
+            Some(names) if names.is_empty() => {
+                return Err(ApiError::invalid("metrics: name at least one"))
+            }
+            Some(names) => names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    name.parse::<Metric>()
+                        .map_err(|e| ApiError::invalid(format!("metrics[{i}]: {e}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Metric::DEFAULTS.to_vec(),
+        };
+        let mut qrels = Qrels::default();
+        for (i, judged) in body.requests.iter().enumerate() {
+            if judged.ratings.is_empty() {
+                return Err(ApiError::invalid(format!(
+                    "requests[{i}].ratings: rate at least one document"
+                )));
+            }
+            for rating in &judged.ratings {
+                qrels.insert(&judged.id, &rating.id, rating.rating);
+            }
+        }
+        if qrels.num_queries() != body.requests.len() {
+            return Err(ApiError::invalid("requests: two requests share an id"));
+        }
+        let modes: Vec<Mode> = match (&body.mode, &body.modes) {
+            (Some(_), Some(_)) => {
+                return Err(ApiError::invalid("modes: give mode or modes, not both"))
+            }
+            (_, Some(modes)) if modes.is_empty() => {
+                return Err(ApiError::invalid("modes: name at least one mode"))
+            }
+            (_, Some(modes)) => {
+                let mut parsed = Vec::new();
+                for (i, name) in modes.iter().enumerate() {
+                    let mode = parse_mode(&format!("modes[{i}]"), name)?;
+                    if parsed.contains(&mode) {
+                        return Err(ApiError::invalid(format!(
+                            "modes[{i}]: {mode} is named twice"
+                        )));
+                    }
+                    parsed.push(mode);
+                }
+                parsed
+            }
+            (Some(name), None) => vec![parse_mode("mode", name)?],
+            (None, None) => vec![Mode::Keyword],
+        };
+        let options = CompareOptions {
+            trials: body.trials.unwrap_or(CompareOptions::default().trials),
+            seed: body.seed.unwrap_or(0),
+            holm: body.holm,
+        };
+        if !(1..=MAX_TRIALS).contains(&options.trials) {
+            return Err(ApiError::invalid(format!(
+                "trials: must be between 1 and {MAX_TRIALS} (found {})",
+                options.trials
+            )));
+        }
+        // Every query runs with the same settings; only the mode and the text change.
+        let settings = SearchBody {
+            q: None,
+            vector: None,
+            mode: None,
+            k: body.k,
+            offset: 0,
+            fusion: body.fusion.clone(),
+            ef_search: body.ef_search,
+            filter: body.filter.clone(),
+            highlight: false,
+            explain: false,
+        };
+        let mut template = settings.request(config, String::new(), 100)?;
+        template.with_documents = false;
+        let templates: Vec<SearchRequest> =
+            modes.into_iter().map(|mode| SearchRequest { mode, ..template.clone() }).collect();
+        let comparing = body.modes.is_some();
+        let queries = body.requests.into_iter().map(|r| (r.id, r.query, r.vector)).collect();
+        Ok(RankEvalPlan {
+            metrics,
+            qrels,
+            templates,
+            filter: body.filter,
+            queries,
+            comparing,
+            options,
+        })
+    }
+
+    /// The search of each judged query in `template`'s mode and settings, with its query id.
+    pub(crate) fn searches<'a>(
+        &'a self,
+        template: &'a SearchRequest,
+    ) -> impl Iterator<Item = (&'a str, SearchRequest)> + 'a {
+        self.queries.iter().map(move |(id, query, vector)| {
+            let mut request = template.clone();
+            request.query = query.clone();
+            request.vector = vector.clone();
+            (id.as_str(), request)
+        })
+    }
+
+    /// The answer: the scores of the one run, or the comparison of several, each named by its
+    /// mode, in the order of `templates`.
+    pub(crate) fn answer(&self, runs: Vec<Run>, started: Instant) -> HttpResponse {
+        let runs: Vec<(String, Run)> =
+            self.templates.iter().map(|t| t.mode.name().to_string()).zip(runs).collect();
+        let (metrics, qrels) = (&self.metrics, &self.qrels);
+        if self.comparing {
+            let named: Vec<(String, &Run)> =
+                runs.iter().map(|(name, run)| (name.clone(), run)).collect();
+            let comparison = compare(qrels, &named, metrics, self.options);
+            let mut answer = serde_json::to_value(&comparison).expect("a comparison serializes");
+            answer["took_ms"] = json!(started.elapsed().as_secs_f64() * 1e3);
+            return HttpResponse::Ok().json(answer);
+        }
+        let evaluation = evaluate(qrels, &runs[0].1, metrics);
+        let names: Vec<String> = evaluation.metrics().iter().map(Metric::to_string).collect();
+        let means: Map<String, Value> = evaluation
+            .means()
+            .into_iter()
+            .map(|(metric, mean)| (metric.to_string(), json!(mean)))
+            .collect();
+        let details: Map<String, Value> = evaluation
+            .per_query()
+            .iter()
+            .map(|(query, scores)| {
+                let scores: Map<String, Value> =
+                    names.iter().cloned().zip(scores.iter().map(|s| json!(s))).collect();
+                (query.clone(), Value::Object(scores))
+            })
+            .collect();
+        HttpResponse::Ok().json(json!({
+            "took_ms": started.elapsed().as_secs_f64() * 1e3,
+            "queries": evaluation.num_queries(),
+            "metrics": means,
+            "details": details,
+        }))
+    }
+}
+
 pub async fn rank_eval(
     state: web::Data<AppState>,
     name: web::Path<String>,
@@ -74,135 +241,27 @@ pub async fn rank_eval(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
-    let body: RankEvalBody = read_json(&state, &request, payload).await?;
-    if body.requests.is_empty() {
-        return Err(ApiError::invalid("requests: give at least one judged query"));
-    }
-    let metrics = match &body.metrics {
-        Some(names) if names.is_empty() => {
-            return Err(ApiError::invalid("metrics: name at least one"))
-        }
-        Some(names) => names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                name.parse::<Metric>().map_err(|e| ApiError::invalid(format!("metrics[{i}]: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        None => Metric::DEFAULTS.to_vec(),
-    };
-    let mut qrels = Qrels::default();
-    for (i, judged) in body.requests.iter().enumerate() {
-        if judged.ratings.is_empty() {
-            return Err(ApiError::invalid(format!(
-                "requests[{i}].ratings: rate at least one document"
-            )));
-        }
-        for rating in &judged.ratings {
-            qrels.insert(&judged.id, &rating.id, rating.rating);
-        }
-    }
-    if qrels.num_queries() != body.requests.len() {
-        return Err(ApiError::invalid("requests: two requests share an id"));
-    }
-    let modes: Vec<Mode> = match (&body.mode, &body.modes) {
-        (Some(_), Some(_)) => return Err(ApiError::invalid("modes: give mode or modes, not both")),
-        (_, Some(modes)) if modes.is_empty() => {
-            return Err(ApiError::invalid("modes: name at least one mode"))
-        }
-        (_, Some(modes)) => {
-            let mut parsed = Vec::new();
-            for (i, name) in modes.iter().enumerate() {
-                let mode = parse_mode(&format!("modes[{i}]"), name)?;
-                if parsed.contains(&mode) {
-                    return Err(ApiError::invalid(format!("modes[{i}]: {mode} is named twice")));
-                }
-                parsed.push(mode);
-            }
-            parsed
-        }
-        (Some(name), None) => vec![parse_mode("mode", name)?],
-        (None, None) => vec![Mode::Keyword],
-    };
-    let options = CompareOptions {
-        trials: body.trials.unwrap_or(CompareOptions::default().trials),
-        seed: body.seed.unwrap_or(0),
-        holm: body.holm,
-    };
-    if !(1..=MAX_TRIALS).contains(&options.trials) {
-        return Err(ApiError::invalid(format!(
-            "trials: must be between 1 and {MAX_TRIALS} (found {})",
-            options.trials
-        )));
-    }
-    // Every query runs with the same settings; only the mode and the text change.
-    let settings = SearchBody {
-        q: None,
-        vector: None,
-        mode: None,
-        k: body.k,
-        offset: 0,
-        fusion: body.fusion.clone(),
-        ef_search: body.ef_search,
-        filter: body.filter.clone(),
-        highlight: false,
-        explain: false,
-    };
-    let mut template = settings.request(&state.config, String::new(), 100)?;
-    template.with_documents = false;
-    let templates: Vec<SearchRequest> =
-        modes.into_iter().map(|mode| SearchRequest { mode, ..template.clone() }).collect();
-    let comparing = body.modes.is_some();
-    let requests = body.requests;
+    let body = read_body(&state, &request, payload).await?;
+    let plan = RankEvalPlan::from_body(&body, &state.config)?;
     let state = state.into_inner();
-    let (runs, qrels) = blocking(move || {
+    let (plan, runs) = blocking(move || {
         let collection = state.registry.get(&name)?.snapshot();
         let mut runs = Vec::new();
-        for template in templates {
+        for template in &plan.templates {
             check_mode(&collection, template.mode)?;
             let mut run = Run::new();
-            for judged in &requests {
-                let mut request = template.clone();
-                request.query = judged.query.clone();
-                let found = search(&collection, &request)?;
-                run.insert(
-                    &judged.id,
-                    found.hits.into_iter().map(|hit| (hit.id, f64::from(hit.score))).collect(),
-                );
+            for (id, request) in plan.searches(template) {
+                record(&mut run, id, search(&collection, &request)?.hits);
             }
-            runs.push((template.mode.name().to_string(), run));
+            runs.push(run);
         }
-        Ok((runs, qrels))
+        Ok((plan, runs))
     })
     .await?;
-    if comparing {
-        let named: Vec<(String, &Run)> =
-            runs.iter().map(|(name, run)| (name.clone(), run)).collect();
-        let comparison = compare(&qrels, &named, &metrics, options);
-        let mut answer = serde_json::to_value(&comparison).expect("a comparison serializes");
-        answer["took_ms"] = json!(started.elapsed().as_secs_f64() * 1e3);
-        return Ok(HttpResponse::Ok().json(answer));
-    }
-    let evaluation = evaluate(&qrels, &runs[0].1, &metrics);
-    let names: Vec<String> = evaluation.metrics().iter().map(Metric::to_string).collect();
-    let means: Map<String, Value> = evaluation
-        .means()
-        .into_iter()
-        .map(|(metric, mean)| (metric.to_string(), json!(mean)))
-        .collect();
-    let details: Map<String, Value> = evaluation
-        .per_query()
-        .iter()
-        .map(|(query, scores)| {
-            let scores: Map<String, Value> =
-                names.iter().cloned().zip(scores.iter().map(|s| json!(s))).collect();
-            (query.clone(), Value::Object(scores))
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({
-        "took_ms": started.elapsed().as_secs_f64() * 1e3,
-        "queries": evaluation.num_queries(),
-        "metrics": means,
-        "details": details,
-    })))
+    Ok(plan.answer(runs, started))
+}
+
+/// Adds one judged query's answer to a run, as `cloze eval` scores it.
+pub(crate) fn record(run: &mut Run, query: &str, hits: Vec<Hit>) {
+    run.insert(query, hits.into_iter().map(|hit| (hit.id, f64::from(hit.score))).collect());
 }
