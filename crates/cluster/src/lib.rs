@@ -8,7 +8,7 @@
 //!   `hash(_id) mod P` ([`partition_of`]). Each partition is held by R replicas on distinct
 //!   nodes; which node holds which is the [`CollectionMap`], kept in a JetStream key-value
 //!   bucket ([`map`]).
-//! - Writes go to one subject per partition in the collection's stream ([`log`]). The
+//! - Writes go to one stream per partition ([`log`]), which numbers them without holes. The
 //!   [`Router`] answers a bulk only once JetStream acknowledged every message.
 //! - Each replica on a [`node`] consumes its partition through a durable consumer, applies a
 //!   batch in one commit that records the log position, and acknowledges afterwards. The stream
@@ -16,8 +16,9 @@
 //!   a replica that restarts replays from where its last commit stopped, and a new replica,
 //!   whose consumer is created before it copies a live replica's snapshot, replays from that
 //!   snapshot's position. Each time a replica starts reading, it makes itself a new consumer
-//!   that starts after its last commit (and deletes the old one only then), so a delivery lost
-//!   with a crash or a cut connection is read again in order, never after later messages.
+//!   that starts after its last commit (and deletes the old one only then); a position that
+//!   does not follow the last one applied means a delivery was lost, and the replica reads the
+//!   log again from its last commit, so it applies every write in order, never skipping one.
 //! - Searches fan out from the [`Router`] to one replica per partition, in three phases:
 //!   keyword statistics, then both rankings scored with the summed statistics, merged and
 //!   fused at the router, then the documents of the final page only ([`protocol`]).

@@ -1,4 +1,9 @@
-//! The write log: one JetStream stream per clustered collection, one subject per partition.
+//! The write log: one JetStream stream per partition of a clustered collection.
+//!
+//! One stream per partition, as Kafka has one log per partition, numbers each partition's
+//! writes 1, 2, 3, ... with nothing in between. A replica then knows the exact position that
+//! must come next, so a write that never reaches it (lost in transit, or dropped by the server)
+//! is seen as a gap and read again, never silently skipped.
 
 use std::time::Duration;
 
@@ -15,9 +20,9 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// The largest message the router publishes (NATS takes 1 MiB by default).
 pub const MAX_MESSAGE_BYTES: usize = 512 * 1024;
 
-/// The stream of a collection.
-pub fn stream_name(collection: &str) -> String {
-    format!("cloze-{}", collection.replace('.', "_"))
+/// The stream of a partition.
+pub fn stream_name(collection: &str, partition: u32) -> String {
+    format!("cloze-{}-p{partition}", collection.replace('.', "_"))
 }
 
 /// The subject a partition's writes go to.
@@ -76,18 +81,21 @@ fn consumer_config(
     }
 }
 
-/// Creates the collection's stream: replicated on `replicas` NATS servers (a write is
+/// Creates a partition's stream: replicated on `replicas` NATS servers (a write is
 /// acknowledged once a quorum stored it), and keeping each message until every durable
-/// consumer — one per replica of its partition — has acknowledged it.
+/// consumer — one per replica of the partition — has acknowledged it.
 pub async fn create_stream(
     js: &jetstream::Context,
     collection: &str,
+    partition: u32,
     replicas: usize,
 ) -> Result<stream::Stream, ClusterError> {
     js.get_or_create_stream(stream::Config {
-        name: stream_name(collection),
-        description: Some(format!("Cloze: writes to the clustered collection \"{collection}\"")),
-        subjects: vec![format!("cloze.log.{}.*", collection.replace('.', "_"))],
+        name: stream_name(collection, partition),
+        description: Some(format!(
+            "Cloze: writes to partition {partition} of the clustered collection \"{collection}\""
+        )),
+        subjects: vec![subject(collection, partition)],
         retention: stream::RetentionPolicy::Interest,
         storage: stream::StorageType::File,
         num_replicas: replicas,
@@ -116,29 +124,56 @@ pub async fn ensure_consumer(
     stream.get_or_create_consumer(&name, config).await.map_err(ClusterError::jetstream)
 }
 
-/// Gives the replica a new consumer that delivers from `applied + 1`, then deletes its older
-/// ones. A consumer delivers in log order only while nothing it sent is lost: a delivery lost
-/// with a crash or a cut connection comes again only after the ack wait, behind later
-/// messages. Starting a new consumer at the last committed position whenever the replica
-/// (re)starts reading, or sees a gap, keeps it applying the log in order. The new consumer is
-/// made before the old ones go, so the stream never lets go of what the replica still needs.
+/// A replica's newest consumer, and the older ones it replaces.
+pub struct Rotation {
+    pub consumer: consumer::PullConsumer,
+    /// The replica's older consumers: delete them (with [`delete_named`]) once the new one has
+    /// acknowledged `retire_at`, never before.
+    pub older: Vec<String>,
+    /// The last position the log held when the new consumer was made.
+    pub retire_at: u64,
+}
+
+/// Gives the replica a new consumer that delivers from `applied + 1`. A consumer delivers in
+/// log order only while nothing it sent is lost: a delivery lost with a crash or a cut
+/// connection comes again only after the ack wait, behind later messages. Starting a new
+/// consumer at the last committed position whenever the replica (re)starts reading, or sees a
+/// gap, keeps it applying the log in order. The older consumers stay until the new one has
+/// acknowledged everything the log held when it was made, so the stream's interest in those
+/// messages never rests on a consumer only just created.
 pub async fn restart_consumer(
     stream: &stream::Stream,
     collection: &str,
     partition: u32,
     node: &str,
     applied: u64,
-) -> Result<consumer::PullConsumer, ClusterError> {
+) -> Result<Rotation, ClusterError> {
     let older = consumer_generations(stream, partition, node).await?;
     let generation = older.last().map_or(1, |(g, _)| g + 1);
     let name = format!("{}-g{generation}", consumer_name(partition, node));
     let deliver = consumer::DeliverPolicy::ByStartSequence { start_sequence: applied + 1 };
     let config = consumer_config(name.clone(), collection, partition, node, deliver);
     let consumer = stream.create_consumer(config).await.map_err(ClusterError::jetstream)?;
-    for (_, old) in older {
-        stream.delete_consumer(&old).await.map_err(ClusterError::jetstream)?;
+    // One stream per partition numbers its messages without holes.
+    let retire_at = applied + consumer.cached_info().num_pending;
+    Ok(Rotation { consumer, older: older.into_iter().map(|(_, name)| name).collect(), retire_at })
+}
+
+/// Deletes the named consumers.
+pub async fn delete_named(stream: &stream::Stream, names: &[String]) -> Result<(), ClusterError> {
+    for name in names {
+        stream.delete_consumer(name).await.map_err(ClusterError::jetstream)?;
     }
-    Ok(consumer)
+    Ok(())
+}
+
+/// Deletes the streams of a collection's partitions; those already gone are no error.
+pub async fn delete_streams(js: &jetstream::Context, collection: &str, partitions: u32) {
+    for partition in 0..partitions {
+        if let Err(error) = js.delete_stream(stream_name(collection, partition)).await {
+            tracing::debug!(collection, partition, "deleting the log: {error}");
+        }
+    }
 }
 
 /// Deletes every consumer of a replica that moved away.
@@ -147,10 +182,9 @@ pub async fn delete_consumers(
     partition: u32,
     node: &str,
 ) -> Result<(), ClusterError> {
-    for (_, name) in consumer_generations(stream, partition, node).await? {
-        stream.delete_consumer(&name).await.map_err(ClusterError::jetstream)?;
-    }
-    Ok(())
+    let names: Vec<String> =
+        consumer_generations(stream, partition, node).await?.into_iter().map(|(_, n)| n).collect();
+    delete_named(stream, &names).await
 }
 
 /// One change in the log: the same as a bulk line.

@@ -229,7 +229,7 @@ impl Shared {
         }
         // The router deletes a moved replica's consumers too, but this task may have made a new
         // one since; left behind, it would hold the log forever.
-        if let Ok(stream) = self.js.get_stream(log::stream_name(&map.name)).await {
+        if let Ok(stream) = self.js.get_stream(log::stream_name(&map.name, partition)).await {
             if let Err(error) = log::delete_consumers(&stream, partition, &self.id).await {
                 tracing::debug!(collection = %map.name, partition, "the consumers of a stopped replica: {error}");
             }
@@ -242,7 +242,7 @@ impl Shared {
         partition: u32,
         handle: &ReplicaHandle,
     ) -> Result<(), ClusterError> {
-        let stream = log::create_stream(&self.js, &map.name, self.nats_replicas).await?;
+        let stream = log::create_stream(&self.js, &map.name, partition, self.nats_replicas).await?;
         // The consumer first: from now on the stream keeps what this replica has not applied.
         let consumer = log::ensure_consumer(&stream, &map.name, partition, &self.id).await?;
         if handle.current().is_none() {
@@ -252,11 +252,8 @@ impl Shared {
             handle.publish(collection);
         }
         let applied = handle.log_position.load(Ordering::SeqCst);
-        let consumer =
+        let log::Rotation { mut consumer, mut older, retire_at } =
             log::restart_consumer(&stream, &map.name, partition, &self.id, applied).await?;
-        // Deliveries of a fresh consumer are numbered from 1; a number skipped, or a message
-        // delivered twice, means one was lost and the log is read again from the last commit.
-        let mut next_delivery = 1;
         loop {
             if handle.stop.load(Ordering::SeqCst) {
                 return Ok(());
@@ -283,12 +280,10 @@ impl Shared {
                         "replica caught up with the log: searches may use it"
                     );
                 }
-                // Wait for the next message.
-                let waiting = consumer
-                    .batch()
-                    .max_messages(BATCH)
-                    .expires(Duration::from_millis(500))
-                    .messages();
+                // Wait for the next message, only one: the rest come with the next batch
+                // instead of being left in flight when this pull is dropped.
+                let waiting =
+                    consumer.batch().max_messages(1).expires(Duration::from_millis(500)).messages();
                 let mut waiting =
                     within_pull_patience(waiting).await?.map_err(ClusterError::jetstream)?;
                 if let Some(message) = within_pull_patience(waiting.next()).await? {
@@ -299,26 +294,24 @@ impl Shared {
                     continue;
                 }
             }
-            // Only the messages before a gap are applied: they are the log in order.
-            for (i, message) in messages.iter().enumerate() {
-                let info = message.info().map_err(ClusterError::jetstream)?;
-                if info.consumer_sequence != next_delivery || info.delivered > 1 {
-                    lost = Some(ClusterError::JetStream(format!(
-                        "delivery {} of the log came as number {} (delivered {} times)",
-                        next_delivery, info.consumer_sequence, info.delivered
-                    )));
-                    messages.truncate(i);
-                    break;
-                }
-                next_delivery += 1;
-            }
+            // The partition's log numbers its writes without holes: only the messages up to
+            // the first one out of place are applied, and the log is read again from there.
             let applied = handle.log_position.load(Ordering::SeqCst);
             let mut changes: Vec<Change> = Vec::new();
             let mut last = applied;
-            for message in &messages {
+            let mut in_order = messages.len();
+            for (i, message) in messages.iter().enumerate() {
                 let position = message.info().map_err(ClusterError::jetstream)?.stream_sequence;
-                if position <= applied {
-                    continue; // already in the last commit
+                if position <= last {
+                    continue; // already in the last commit, or delivered twice
+                }
+                if position != last + 1 {
+                    lost = Some(ClusterError::JetStream(format!(
+                        "the log gave position {position} where {} comes next",
+                        last + 1
+                    )));
+                    in_order = i;
+                    break;
                 }
                 match serde_json::from_slice::<LogEntry>(&message.payload) {
                     Ok(entry) => changes.extend(entry.changes.into_iter().map(Change::from)),
@@ -329,8 +322,9 @@ impl Shared {
                         "skipping a log message that is not a Cloze entry: {error}"
                     ),
                 }
-                last = last.max(position);
+                last = position;
             }
+            messages.truncate(in_order);
             if last > applied {
                 // Only embedding needs the turn: keyword-only applies are light and many.
                 let embeds = handle.current().is_some_and(|c| {
@@ -368,6 +362,14 @@ impl Shared {
             // Acknowledged only once committed: a crash before this replays them.
             for message in &messages {
                 message.ack().await.map_err(ClusterError::jetstream)?;
+            }
+            if !older.is_empty() && handle.log_position.load(Ordering::SeqCst) >= retire_at {
+                // Acknowledgements are not confirmed one by one: ask the consumer.
+                let acknowledged = consumer.info().await.map_err(ClusterError::jetstream)?;
+                if acknowledged.ack_floor.stream_sequence >= retire_at {
+                    log::delete_named(&stream, &older).await?;
+                    older.clear();
+                }
             }
             if let Some(error) = lost {
                 return Err(ClusterError::JetStream(format!(
@@ -478,11 +480,20 @@ impl Shared {
                 .await?;
         let reply = reply.map_err(ClusterError::Invalid)?;
         let store = snapshot_store(&self.js, self.nats_replicas).await?;
-        let mut object = store.get(&reply.object).await.map_err(ClusterError::jetstream)?;
-        let mut packed = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut object, &mut packed)
-            .await
-            .map_err(|source| ClusterError::Io { path: reply.object.clone().into(), source })?;
+        // An object's description may be read from a NATS server that has not yet stored all
+        // of it (it shows as missing, or as a wrong digest): a short wait sets that right.
+        let mut attempt = 1;
+        let packed = loop {
+            match read_object(&store, &reply.object).await {
+                Ok(packed) => break packed,
+                Err(error) if attempt < SNAPSHOT_READS => {
+                    tracing::debug!(object = %reply.object, "reading a snapshot: {error}; again");
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        };
         let _ = store.delete(&reply.object).await;
         let name = map.partition_collection(partition);
         let data = self.data.clone();
@@ -716,6 +727,31 @@ impl Shared {
         store.put(object.as_str(), &mut packed.as_slice()).await.map_err(|e| e.to_string())?;
         let answer: SnapshotAnswer = Ok(SnapshotReply { object, log_position });
         Ok(serde_json::to_vec(&answer).expect("serializes"))
+    }
+}
+
+/// How many times a snapshot is read before the copy is given up (and started again).
+const SNAPSHOT_READS: u32 = 5;
+
+/// Reads a whole object. Not with `read_to_end`: async-nats's reader fills the buffer before it
+/// reports a wrong digest, which `read_to_end` does not allow for.
+async fn read_object(
+    store: &object_store::ObjectStore,
+    name: &str,
+) -> Result<Vec<u8>, ClusterError> {
+    use tokio::io::AsyncReadExt;
+    let mut object = store.get(name).await.map_err(ClusterError::jetstream)?;
+    let mut packed = Vec::new();
+    let mut chunk = vec![0; 1 << 16];
+    loop {
+        let read = object
+            .read(&mut chunk)
+            .await
+            .map_err(|source| ClusterError::Io { path: name.into(), source })?;
+        if read == 0 {
+            return Ok(packed);
+        }
+        packed.extend_from_slice(&chunk[..read]);
     }
 }
 

@@ -175,10 +175,12 @@ impl Router {
         }
         let nodes: Vec<String> = self.state.live_nodes().await?.into_keys().collect();
         let assignment = map::assign(new.partitions, new.replicas, &nodes)?;
-        let stream = log::create_stream(&self.js, &new.name, self.nats_replicas).await?;
         for (partition, replicas) in assignment.iter().enumerate() {
+            let partition = partition as u32;
+            let stream =
+                log::create_stream(&self.js, &new.name, partition, self.nats_replicas).await?;
             for replica in replicas {
-                log::ensure_consumer(&stream, &new.name, partition as u32, &replica.node).await?;
+                log::ensure_consumer(&stream, &new.name, partition, &replica.node).await?;
             }
         }
         let map = CollectionMap {
@@ -195,10 +197,10 @@ impl Router {
 
     /// Removes a clustered collection: its map (the nodes then delete their copies) and its log.
     pub async fn delete_collection(&self, name: &str) -> Result<(), ClusterError> {
-        self.collection(name).await?;
+        let map = self.collection(name).await?;
         self.state.delete_collection(name).await?;
         self.maps.lock().expect("map cache").remove(name);
-        let _ = self.js.delete_stream(log::stream_name(name)).await;
+        log::delete_streams(&self.js, name, map.partitions).await;
         Ok(())
     }
 
@@ -702,19 +704,25 @@ impl Router {
         .await;
         let mut collections = Vec::new();
         for map in &maps {
-            let mut stream = json!(null);
-            if let Ok(mut found) = self.js.get_stream(log::stream_name(&map.name)).await {
-                if let Ok(info) = found.info().await {
-                    stream = json!({
+            let logs: Vec<Value> = join_all((0..map.partitions).map(|partition| async move {
+                let Ok(mut found) =
+                    self.js.get_stream(log::stream_name(&map.name, partition)).await
+                else {
+                    return json!(null);
+                };
+                match found.info().await {
+                    Ok(info) => json!({
                         "name": info.config.name,
                         "messages": info.state.messages,
                         "first_position": info.state.first_sequence,
                         "last_position": info.state.last_sequence,
                         "consumers": info.state.consumer_count,
                         "replicas": info.config.num_replicas,
-                    });
+                    }),
+                    Err(_) => json!(null),
                 }
-            }
+            }))
+            .await;
             let partitions: Vec<Value> = (0..map.partitions)
                 .map(|partition| {
                     let replicas: Vec<Value> = map.assignment[partition as usize]
@@ -741,7 +749,11 @@ impl Router {
                             }
                         })
                         .collect();
-                    json!({ "partition": partition, "replicas": replicas })
+                    json!({
+                        "partition": partition,
+                        "log": logs[partition as usize],
+                        "replicas": replicas,
+                    })
                 })
                 .collect();
             collections.push(json!({
@@ -749,7 +761,6 @@ impl Router {
                 "partitions": map.partitions,
                 "replicas": map.replicas,
                 "settings": { "analyzer": map.analyzer, "semantic": map.semantic },
-                "log": stream,
                 "assignment": partitions,
             }));
         }
@@ -802,11 +813,18 @@ impl Router {
             if target == holders {
                 continue;
             }
-            let stream = log::create_stream(&self.js, &current.name, self.nats_replicas).await?;
             let mut added: Vec<(u32, String)> = Vec::new();
             for (partition, (now, wanted)) in holders.iter().zip(&target).enumerate() {
+                let partition_stream = log::create_stream(
+                    &self.js,
+                    &current.name,
+                    partition as u32,
+                    self.nats_replicas,
+                )
+                .await?;
                 for node in wanted.iter().filter(|n| !now.contains(n)) {
-                    log::ensure_consumer(&stream, &current.name, partition as u32, node).await?;
+                    log::ensure_consumer(&partition_stream, &current.name, partition as u32, node)
+                        .await?;
                     current.assignment[partition]
                         .push(Replica { node: node.clone(), from_snapshot: true });
                     added.push((partition as u32, node.clone()));
@@ -862,7 +880,12 @@ impl Router {
             }
             self.state.put_collection(&current, Some(revision)).await?;
             for (partition, node) in &removed {
-                if let Err(error) = log::delete_consumers(&stream, *partition, node).await {
+                let stream = self.js.get_stream(log::stream_name(&current.name, *partition)).await;
+                let deleted = match stream {
+                    Ok(stream) => log::delete_consumers(&stream, *partition, node).await,
+                    Err(error) => Err(ClusterError::jetstream(error)),
+                };
+                if let Err(error) = deleted {
                     tracing::warn!("the consumers of {node}'s former replica of partition {partition}: {error}");
                 }
             }
