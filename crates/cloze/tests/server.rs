@@ -639,6 +639,34 @@ fn the_search_page_shows_highlighted_results_as_a_person_types() {
 }
 
 #[test]
+fn the_search_page_shows_the_key_box_only_on_a_server_with_keys() {
+    let work = tempfile::tempdir().unwrap();
+    let browser = Browser::start();
+    let visible = |id: &str| {
+        browser.script(&format!("return document.getElementById('{id}').checkVisibility()"))
+    };
+
+    // No keys: what to do first, and no key box.
+    let open = Server::start(&work.path().join("open"), &[]);
+    browser.open(&format!("{}/", open.base));
+    browser.wait_for("return document.getElementById('empty').checkVisibility()");
+    assert_eq!(visible("login"), false, "a key box on a server with no keys");
+    open.stop();
+
+    // Keys: the key box, and nothing to search until a key is given.
+    let keyed = Server::start_with(
+        &work.path().join("keyed"),
+        &[],
+        &[("CLOZE_ADMIN_KEY", "admin-key-for-tests-0123456789")],
+    );
+    browser.open(&format!("{}/", keyed.base));
+    browser.wait_for("return document.getElementById('login').checkVisibility()");
+    assert_eq!(visible("search"), false, "a search box before the key is given");
+    drop(browser);
+    keyed.stop();
+}
+
+#[test]
 fn snapshots_taken_while_writes_go_on_restore_whole_commits() {
     let work = tempfile::tempdir().unwrap();
     let data = work.path().join("index");
