@@ -634,6 +634,19 @@ fn the_search_page_shows_highlighted_results_as_a_person_types() {
     let ranks = browser.script("return [...document.querySelectorAll('li.hit .ranks')].map(r => r.textContent).join(' | ')");
     assert!(ranks.as_str().unwrap().contains("semantic #"), "{ranks}");
     assert_eq!(browser.script("return document.querySelectorAll('li.hit').length"), 10);
+
+    // The address keeps the search: opened again, the page shows the same results.
+    let address = browser.script("return location.href");
+    let address = address.as_str().unwrap();
+    assert!(address.contains("mode=hybrid") && address.contains("q=newborn+white+matter"));
+    let shown = "return [...document.querySelectorAll('li.hit .id')].map(i => i.textContent)";
+    let before = browser.script(shown);
+    browser.open(address);
+    browser.wait_for(
+        "const s = document.getElementById('status').textContent; return s.includes('(hybrid)') && s;",
+    );
+    assert_eq!(browser.script("return document.getElementById('q').value"), "newborn white matter");
+    assert_eq!(browser.script(shown), before);
     drop(browser);
     server.stop();
 }
