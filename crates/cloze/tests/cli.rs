@@ -1,5 +1,6 @@
 //! The `cloze` binary as a user runs it: commands, output shapes, and bad input.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -407,6 +408,17 @@ fn train_a_tiny_encoder_then_embed_with_it() {
         lines[0]["vector"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
     assert_eq!(vector.len(), 32);
     assert!((vector.iter().map(|x| x * x).sum::<f64>() - 1.0).abs() < 1e-4);
+    // `-` reads the documents from standard input, as Unix tools do.
+    let mut piped = Command::new(env!("CARGO_BIN_EXE_cloze"))
+        .args(["embed", "--model", path(&out), "--input", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    piped.stdin.take().unwrap().write_all(CORPUS.as_bytes()).unwrap();
+    let piped = piped.wait_with_output().unwrap();
+    assert!(piped.status.success());
+    assert_eq!(String::from_utf8(piped.stdout).unwrap(), vectors);
     let missing =
         ws.fails(&["embed", "--model", path(&ws.dir.path().join("nope")), "--input", path(&docs)]);
     assert!(missing.contains("config.json"), "{missing}");

@@ -22,7 +22,7 @@ pub struct EmbedArgs {
     #[arg(long, value_name = "DIR")]
     model: PathBuf,
 
-    /// The documents: JSONL, plain or .gz.
+    /// The documents: JSONL, plain or .gz; `-` reads standard input.
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
 
@@ -60,8 +60,12 @@ pub fn run(args: EmbedArgs) -> Result<()> {
             PoolingArg::IdfMean => Pooling::IdfMean,
         })?;
     }
-    let documents = DocumentReader::open(&args.input, args.fields.mapping()?)?
-        .collect::<Result<Vec<_>, _>>()?;
+    let mapping = args.fields.mapping()?;
+    let documents = match args.input.to_str() {
+        Some("-") => DocumentReader::from_reader("standard input", std::io::stdin(), mapping)?,
+        _ => DocumentReader::open(&args.input, mapping)?,
+    };
+    let documents = documents.collect::<Result<Vec<_>, _>>()?;
     let texts: Vec<String> = documents.iter().map(|d| d.searchable_text()).collect();
     let progress = progress::bar(texts.len() as u64, "documents");
     let text_refs: Vec<&str> = texts.iter().map(String::as_str).collect();
