@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# The search service in a container: `docker compose up` (see docker-compose.yml and README.md).
+# The search service in a container: `docker compose up` (see docker-compose.yml and docs/operations.md).
 
 # Build stage: the release binary, with the toolchain the workspace asks for (rust-version 1.89+).
 FROM rust:1.95-bookworm AS build
