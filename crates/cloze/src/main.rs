@@ -13,7 +13,8 @@ use tracing_subscriber::EnvFilter;
 /// by meaning or both (hybrid), measure the ranking against relevance judgments, and train an encoder on your
 /// own text.
 ///
-/// Start with `cloze serve` and open http://127.0.0.1:7700, or with `cloze index --collection
+/// Start with `cloze sample` (a small collection to search) and `cloze serve`, then open
+/// http://127.0.0.1:7700; or with `cloze index --collection
 /// NAME --corpus corpus.jsonl` (add `--model DIR` for semantic search), then `cloze search` and
 /// `cloze eval`; `cloze train --config
 /// configs/tiny.toml --corpus FILE --out DIR` trains an encoder and `cloze embed` turns
@@ -48,6 +49,7 @@ enum Command {
     Delete(commands::delete::DeleteArgs),
     Compact(commands::compact::CompactArgs),
     Collections(commands::collections::CollectionsArgs),
+    Sample(commands::sample::SampleArgs),
     Serve(commands::serve::ServeArgs),
     Node(commands::cluster::NodeArgs),
     Router(commands::cluster::RouterArgs),
@@ -90,6 +92,7 @@ fn main() -> ExitCode {
         Command::Delete(args) => commands::delete::run(&data_dir, args),
         Command::Compact(args) => commands::compact::run(&data_dir, args),
         Command::Collections(args) => commands::collections::run(&data_dir, args),
+        Command::Sample(args) => commands::sample::run(&data_dir, args),
         Command::Serve(args) => commands::serve::run(data_dir, args),
         Command::Node(args) => commands::cluster::node(data_dir, args),
         Command::Router(args) => commands::cluster::router(args),

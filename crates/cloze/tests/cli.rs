@@ -335,6 +335,18 @@ fn training_text(ws: &Workspace) -> PathBuf {
 }
 
 #[test]
+fn the_sample_collection_is_one_command_from_a_search() {
+    let ws = Workspace::new();
+    let loaded = ws.ok(&["sample"]);
+    assert!(loaded.contains("indexed 36 documents into \"sample\""), "{loaded}");
+    let hits = ws.hit_ids("sample", "an ocean under the ice");
+    assert!(hits[..3].contains(&"europa".to_string()), "{hits:?}");
+    let again = ws.fails(&["sample"]);
+    assert!(again.contains("exists already"), "{again}");
+    ws.ok(&["sample", "--collection", "planets"]);
+}
+
+#[test]
 fn train_a_tiny_encoder_then_embed_with_it() {
     let ws = Workspace::new();
     let text = training_text(&ws);

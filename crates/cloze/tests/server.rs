@@ -439,6 +439,7 @@ fn the_openapi_document_describes_the_routes_there_are() {
         "GET /health",
         "GET /metrics",
         "GET /openapi.json",
+        "GET /sample.jsonl",
         "GET /snapshots",
         "POST /collections/{name}/_bulk",
         "POST /collections/{name}/_rank_eval",
@@ -652,7 +653,7 @@ fn the_search_page_shows_highlighted_results_as_a_person_types() {
 }
 
 #[test]
-fn the_search_page_shows_the_key_box_only_on_a_server_with_keys() {
+fn the_search_page_shows_the_key_box_only_with_keys_and_loads_the_sample_in_one_click() {
     let work = tempfile::tempdir().unwrap();
     let browser = Browser::start();
     let visible = |id: &str| {
@@ -664,6 +665,16 @@ fn the_search_page_shows_the_key_box_only_on_a_server_with_keys() {
     browser.open(&format!("{}/", open.base));
     browser.wait_for("return document.getElementById('empty').checkVisibility()");
     assert_eq!(visible("login"), false, "a key box on a server with no keys");
+
+    // One click loads the sample collection and searches it.
+    let button = browser.element("#load-sample");
+    browser.session("POST", &format!("/element/{button}/click"), None);
+    let found = browser.wait_for(
+        "const ids = [...document.querySelectorAll('li.hit .id')].map(i => i.textContent); \
+         return ids.length > 0 && ids;",
+    );
+    assert!(found.as_array().unwrap()[..3].contains(&json!("europa")), "{found}");
+    assert_eq!(visible("empty"), false);
     open.stop();
 
     // Keys: the key box, and nothing to search until a key is given.

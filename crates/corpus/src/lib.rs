@@ -10,9 +10,11 @@ mod documents;
 mod error;
 mod lines;
 mod queries;
+mod sample;
 
 pub use bulk::{parse_bulk, BulkAction, BulkLineError};
 pub use documents::{Document, DocumentReader, FieldMapping};
 pub use error::{CorpusError, ErrorKind};
 pub use lines::TextLines;
 pub use queries::{read_queries, Query};
+pub use sample::{sample_documents, SAMPLE_COLLECTION, SAMPLE_JSONL};

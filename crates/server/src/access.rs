@@ -32,7 +32,7 @@ pub(crate) enum Access {
 
 /// POST routes that only read.
 const SEARCHES: [&str; 2] = ["/collections/{name}/_search", "/collections/{name}/_rank_eval"];
-const OPEN: [&str; 3] = ["/", "/health", "/openapi.json"];
+const OPEN: [&str; 4] = ["/", "/health", "/openapi.json", "/sample.jsonl"];
 
 impl Access {
     /// The class of a request to the route `pattern` (None: no route matched).

@@ -47,6 +47,7 @@ fn routes(config: &mut web::ServiceConfig) {
         .route("/health", web::get().to(service::health))
         .route("/metrics", web::get().to(service::metrics))
         .route("/openapi.json", web::get().to(service::openapi))
+        .route("/sample.jsonl", web::get().to(service::sample))
         .route("/collections", web::get().to(collections::list))
         .service(
             web::resource("/collections/{name}")
@@ -76,6 +77,7 @@ fn cluster_routes(config: &mut web::ServiceConfig) {
         .route("/health", web::get().to(service::health))
         .route("/metrics", web::get().to(service::metrics))
         .route("/openapi.json", web::get().to(service::openapi))
+        .route("/sample.jsonl", web::get().to(service::sample))
         .route("/_cluster", web::get().to(cluster::state))
         .route("/_cluster/_rebalance", web::post().to(cluster::rebalance))
         .route("/collections", web::get().to(cluster::list))

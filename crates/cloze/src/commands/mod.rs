@@ -7,6 +7,7 @@ pub mod eval;
 pub mod fields;
 pub mod fusion;
 pub mod index;
+pub mod sample;
 pub mod search;
 pub mod serve;
 pub mod snapshot;

@@ -1,4 +1,5 @@
-//! `GET /health`, `GET /metrics`, `GET /openapi.json` and the search page at `GET /`.
+//! `GET /health`, `GET /metrics`, `GET /openapi.json`, `GET /sample.jsonl` and the search page
+//! at `GET /`.
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -46,6 +47,11 @@ pub async fn openapi() -> HttpResponse {
 
 pub async fn page() -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(SEARCH_PAGE)
+}
+
+/// The sample collection's documents, which the page loads into a new collection with one click.
+pub async fn sample() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/x-ndjson").body(cloze_corpus::SAMPLE_JSONL)
 }
 
 /// Any other path or method.
