@@ -39,15 +39,22 @@ pub struct AppState {
     cluster: Option<std::sync::Arc<cloze_cluster::Router>>,
 }
 
-/// Registers every route.
-fn routes(config: &mut web::ServiceConfig) {
-    use routes::{collections, documents, rank_eval, search, service, snapshots};
+/// The routes a server and a router share: the page, health, metrics and documents about the API.
+fn service_routes(config: &mut web::ServiceConfig) {
+    use routes::service;
     config
         .route("/", web::get().to(service::page))
         .route("/health", web::get().to(service::health))
         .route("/metrics", web::get().to(service::metrics))
         .route("/openapi.json", web::get().to(service::openapi))
-        .route("/sample.jsonl", web::get().to(service::sample))
+        .route("/sample.jsonl", web::get().to(service::sample));
+}
+
+/// Registers every route.
+fn routes(config: &mut web::ServiceConfig) {
+    use routes::{collections, documents, rank_eval, search, service, snapshots};
+    service_routes(config);
+    config
         .route("/collections", web::get().to(collections::list))
         .service(
             web::resource("/collections/{name}")
@@ -72,12 +79,8 @@ fn routes(config: &mut web::ServiceConfig) {
 /// The routes of a router: one node's API over a cluster, and the cluster's own.
 fn cluster_routes(config: &mut web::ServiceConfig) {
     use routes::{cluster, service};
+    service_routes(config);
     config
-        .route("/", web::get().to(service::page))
-        .route("/health", web::get().to(service::health))
-        .route("/metrics", web::get().to(service::metrics))
-        .route("/openapi.json", web::get().to(service::openapi))
-        .route("/sample.jsonl", web::get().to(service::sample))
         .route("/_cluster", web::get().to(cluster::state))
         .route("/_cluster/_rebalance", web::post().to(cluster::rebalance))
         .route("/collections", web::get().to(cluster::list))
