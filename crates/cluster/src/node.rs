@@ -82,6 +82,18 @@ impl ReplicaHandle {
         self.log_position.store(collection.log_position().unwrap_or(0), Ordering::SeqCst);
         *self.collection.write().expect("not poisoned") = Some(collection);
     }
+
+    /// Lets searches use the replica, from now on.
+    fn mark_ready(&self, collection: &str, partition: u32) {
+        if !self.ready.swap(true, Ordering::SeqCst) {
+            tracing::info!(
+                collection,
+                partition,
+                position = self.log_position.load(Ordering::SeqCst),
+                "replica caught up with the log: searches may use it"
+            );
+        }
+    }
 }
 
 impl Node {
@@ -273,13 +285,7 @@ impl Shared {
                 }
             }
             if messages.is_empty() && lost.is_none() {
-                if !handle.ready.swap(true, Ordering::SeqCst) {
-                    tracing::info!(
-                        collection = %map.name, partition,
-                        position = handle.log_position.load(Ordering::SeqCst),
-                        "replica caught up with the log: searches may use it"
-                    );
-                }
+                handle.mark_ready(&map.name, partition);
                 // Wait for the next message, only one: the rest come with the next batch
                 // instead of being left in flight when this pull is dropped.
                 let waiting =
@@ -362,6 +368,11 @@ impl Shared {
             // Acknowledged only once committed: a crash before this replays them.
             for message in &messages {
                 message.ack().await.map_err(ClusterError::jetstream)?;
+            }
+            // Under a steady load a pull may never come back empty, though the replica keeps
+            // up: it is caught up once it has applied what the log held when it began reading.
+            if handle.log_position.load(Ordering::SeqCst) >= retire_at {
+                handle.mark_ready(&map.name, partition);
             }
             if !older.is_empty() && handle.log_position.load(Ordering::SeqCst) >= retire_at {
                 // Acknowledgements are not confirmed one by one: ask the consumer.
