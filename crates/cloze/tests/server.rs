@@ -446,6 +446,7 @@ fn the_openapi_document_describes_the_routes_there_are() {
         "POST /collections/{name}/_restore",
         "POST /collections/{name}/_search",
         "POST /collections/{name}/_snapshot",
+        "POST /collections/{name}/_tune",
         "PUT /collections/{name}",
     ];
     assert_eq!(listed, expected);

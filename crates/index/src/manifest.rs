@@ -32,24 +32,73 @@ pub struct Manifest {
     pub fusion: Option<FusionSettings>,
 }
 
-/// A hybrid fusion setting as stored: `method` "rrf" (with `k`) or "convex" (with `alpha` and
-/// `normalization`), candidates per side, and pseudo-relevance feedback (`feedback_docs`
-/// keyword hits, at `feedback_weight`), if any.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Hybrid fusion settings, the one shape they take wherever they are given: a collection's
+/// manifest, a search request's `fusion` object, the command line's flags. Any may be missing;
+/// `cloze_search::Fusion::from_settings`, the one place they are checked, fills in the rest.
+/// The manifest keeps them complete, as `cloze tune --save` chose them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+// As flags, each keeps an id of its own ("fusion.NAME"), so a command's other flags may share
+// the names.
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 #[serde(deny_unknown_fields)]
 pub struct FusionSettings {
-    pub method: String,
+    /// Hybrid mode: rrf (reciprocal rank fusion) or convex (a weighted sum of normalised
+    /// scores) [default: the collection's saved fusion, else convex as tuned on SciFact's
+    /// training queries; rrf when its k is given; `cloze tune` finds the best for your
+    /// judgments].
+    #[cfg_attr(feature = "clap", arg(id = "fusion.method", long = "fusion", value_name = "METHOD", value_parser = ["rrf", "convex"]))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Hybrid mode, rrf: the constant k in 1 / (k + rank) [default: 60].
+    #[cfg_attr(feature = "clap", arg(id = "fusion.k", long = "rrf-k", value_name = "K"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k: Option<f64>,
+    /// Hybrid mode, convex: the semantic side's weight, 0 to 1 (keyword gets 1 - alpha).
+    #[cfg_attr(feature = "clap", arg(id = "fusion.alpha", long = "alpha", value_name = "ALPHA"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f64>,
+    /// Hybrid mode, convex: how scores are normalised: min-max, z-score or theoretical.
+    #[cfg_attr(
+        feature = "clap",
+        arg(id = "fusion.normalization", long = "normalization", value_name = "NAME")
+    )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub normalization: Option<String>,
-    pub depth: usize,
+    /// Hybrid mode: candidates each side retrieves before fusing.
+    #[cfg_attr(
+        feature = "clap",
+        arg(id = "fusion.depth", long = "depth-per-side", value_name = "N")
+    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<usize>,
+    /// Hybrid mode: pseudo-relevance feedback. The semantic query moves toward the mean vector
+    /// of this many of the best keyword hits, and every keyword candidate gets a semantic
+    /// score [default: none].
+    #[cfg_attr(
+        feature = "clap",
+        arg(id = "fusion.feedback_docs", long = "feedback-docs", value_name = "N")
+    )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback_docs: Option<usize>,
+    /// Hybrid mode, with feedback docs: the weight of their mean vector [default: 1].
+    #[cfg_attr(
+        feature = "clap",
+        arg(
+            id = "fusion.feedback_weight",
+            long = "feedback-weight",
+            value_name = "WEIGHT",
+            requires = "fusion.feedback_docs"
+        )
+    )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feedback_weight: Option<f64>,
+}
+
+impl FusionSettings {
+    /// True when no setting is given: the search uses the collection's default.
+    pub fn is_empty(&self) -> bool {
+        *self == FusionSettings::default()
+    }
 }
 
 /// How a collection's documents become vectors and how the vectors are searched.

@@ -17,7 +17,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use cloze_index::{Collection, FusionSettings};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::{keyword, query_vector, semantic, Hit, Results, SearchError, SearchRequest, Timings};
 
@@ -79,33 +79,6 @@ pub struct Feedback {
 
 impl Feedback {
     pub const DEFAULT_WEIGHT: f64 = 1.0;
-
-    /// Feedback from `docs` hits at `weight`, or the parameter that is out of range and why.
-    pub fn new(docs: usize, weight: f64) -> Result<Feedback, FusionParamError> {
-        if docs == 0 {
-            return Err(FusionParamError::new("feedback_docs", "must be at least 1"));
-        }
-        if !(weight >= 0.0 && weight.is_finite()) {
-            let message = format!("must be a number of 0 or more (found {weight})");
-            return Err(FusionParamError::new("feedback_weight", message));
-        }
-        Ok(Feedback { docs, weight })
-    }
-
-    /// Feedback as given in parts (flags, JSON, a manifest): none if neither is given, the
-    /// default weight if only `docs` is.
-    fn from_parts(
-        docs: Option<usize>,
-        weight: Option<f64>,
-    ) -> Result<Option<Feedback>, FusionParamError> {
-        match (docs, weight) {
-            (None, None) => Ok(None),
-            (Some(docs), weight) => {
-                Feedback::new(docs, weight.unwrap_or(Feedback::DEFAULT_WEIGHT)).map(Some)
-            }
-            (None, Some(_)) => Err(FusionParamError::new("feedback_weight", "needs feedback_docs")),
-        }
-    }
 }
 
 /// Fusion settings of a hybrid search.
@@ -119,42 +92,113 @@ pub struct Fusion {
 }
 
 impl Default for Fusion {
-    /// What measured best at 100 candidates a side when tuned by `cloze tune` on SciFact's
-    /// 809 training queries with all-MiniLM-L6-v2 (nDCG@10 0.738; keyword 0.698, semantic
-    /// 0.660), and within 0.001 of the best with our `tiny` encoder; reciprocal rank fusion at
-    /// k = 60 scored 0.38 with `tiny`, far below keyword alone.
     fn default() -> Fusion {
-        let method = FusionMethod::Convex {
-            alpha: Fusion::DEFAULT_ALPHA,
-            normalization: Fusion::DEFAULT_NORMALIZATION,
-        };
-        Fusion { method, depth: Fusion::DEFAULT_DEPTH, feedback: None }
+        Fusion::SCIFACT_TUNED
     }
 }
 
 impl Fusion {
-    /// The convex combination used when none is named (see [`Fusion::default`]).
-    pub const DEFAULT_ALPHA: f64 = 0.8;
-    pub const DEFAULT_NORMALIZATION: Normalization = Normalization::Theoretical;
+    /// The fusion used when none is named, and what fills in a setting left out: what measured
+    /// best at 100 candidates a side when tuned by `cloze tune` on SciFact's 809 training
+    /// queries with all-MiniLM-L6-v2 (nDCG@10 0.738; keyword 0.698, semantic 0.660), and
+    /// within 0.001 of the best with our `tiny` encoder; reciprocal rank fusion at k = 60
+    /// scored 0.38 with `tiny`, far below keyword alone.
+    pub const SCIFACT_TUNED: Fusion = Fusion {
+        method: FusionMethod::Convex { alpha: 0.8, normalization: Normalization::Theoretical },
+        depth: 100,
+        feedback: None,
+    };
     /// Reciprocal rank fusion's usual constant (Cormack et al., 2009).
     pub const DEFAULT_RRF_K: f64 = 60.0;
-    pub const DEFAULT_DEPTH: usize = 100;
 
     /// The fusion a hybrid search of `collection` uses when it asks for none: the collection's
-    /// saved default (`cloze tune --save`), else [`Fusion::default`].
+    /// saved default (`cloze tune --save`), else [`Fusion::SCIFACT_TUNED`].
     pub fn default_for(collection: &Collection) -> Result<Fusion, SearchError> {
         match &collection.manifest().fusion {
             Some(settings) => {
-                Fusion::from_settings(settings).map_err(|message| SearchError::InvalidFusion {
+                Fusion::from_settings(settings).map_err(|error| SearchError::InvalidFusion {
                     origin: format!("the manifest of \"{}\"", collection.name()),
-                    message,
+                    message: error.to_string(),
                 })
             }
             None => Ok(Fusion::default()),
         }
     }
 
-    /// The form a collection's manifest keeps.
+    /// The fusion a request asks for: None when it gives no setting (the collection's default
+    /// applies), else [`Fusion::from_settings`].
+    pub fn requested(settings: &FusionSettings) -> Result<Option<Fusion>, FusionParamError> {
+        match settings.is_empty() {
+            true => Ok(None),
+            false => Fusion::from_settings(settings).map(Some),
+        }
+    }
+
+    /// Checks `settings`, the defaults of [`Fusion::SCIFACT_TUNED`] filling in what they
+    /// leave out; an error names the setting that cannot be used, and why.
+    pub fn from_settings(settings: &FusionSettings) -> Result<Fusion, FusionParamError> {
+        let error = |param, message: String| FusionParamError { param, message };
+        let rrf = match settings.method.as_deref() {
+            Some("rrf") => true,
+            Some("convex") => false,
+            Some(other) => {
+                let message = format!("unknown method \"{other}\": expected rrf or convex");
+                return Err(error("method", message));
+            }
+            None => settings.k.is_some(),
+        };
+        let method = if rrf {
+            for (param, given) in [
+                ("alpha", settings.alpha.is_some()),
+                ("normalization", settings.normalization.is_some()),
+            ] {
+                if given {
+                    return Err(error(param, "is for the convex method, not rrf".to_string()));
+                }
+            }
+            let k = settings.k.unwrap_or(Fusion::DEFAULT_RRF_K);
+            if !(k >= 0.0 && k.is_finite()) {
+                return Err(error("k", format!("must be a number of 0 or more (found {k})")));
+            }
+            FusionMethod::Rrf { k }
+        } else {
+            if settings.k.is_some() {
+                return Err(error("k", "is for the rrf method, not convex".to_string()));
+            }
+            let FusionMethod::Convex { alpha, normalization } = Fusion::SCIFACT_TUNED.method else {
+                unreachable!("the tuned default is convex")
+            };
+            let alpha = settings.alpha.unwrap_or(alpha);
+            if !(0.0..=1.0).contains(&alpha) {
+                return Err(error("alpha", format!("must be between 0 and 1 (found {alpha})")));
+            }
+            let normalization = match settings.normalization.as_deref() {
+                Some(name) => name.parse().map_err(|message| error("normalization", message))?,
+                None => normalization,
+            };
+            FusionMethod::Convex { alpha, normalization }
+        };
+        let depth = settings.depth.unwrap_or(Fusion::SCIFACT_TUNED.depth);
+        if depth == 0 {
+            return Err(error("depth", "must be at least 1".to_string()));
+        }
+        let feedback = match (settings.feedback_docs, settings.feedback_weight) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(error("feedback_weight", "needs feedback_docs".into())),
+            (Some(0), _) => return Err(error("feedback_docs", "must be at least 1".into())),
+            (Some(docs), weight) => {
+                let weight = weight.unwrap_or(Feedback::DEFAULT_WEIGHT);
+                if !(weight >= 0.0 && weight.is_finite()) {
+                    let message = format!("must be a number of 0 or more (found {weight})");
+                    return Err(error("feedback_weight", message));
+                }
+                Some(Feedback { docs, weight })
+            }
+        };
+        Ok(Fusion { method, depth, feedback })
+    }
+
+    /// The complete settings, as a collection's manifest keeps them.
     pub fn to_settings(&self) -> FusionSettings {
         let (method, k, alpha, normalization) = match self.method {
             FusionMethod::Rrf { k } => ("rrf", Some(k), None, None),
@@ -163,124 +207,24 @@ impl Fusion {
             }
         };
         FusionSettings {
-            method: method.to_string(),
+            method: Some(method.to_string()),
             k,
             alpha,
             normalization,
-            depth: self.depth,
+            depth: Some(self.depth),
             feedback_docs: self.feedback.map(|f| f.docs),
             feedback_weight: self.feedback.map(|f| f.weight),
         }
     }
-
-    pub fn from_settings(settings: &FusionSettings) -> Result<Fusion, String> {
-        let method = match settings.method.as_str() {
-            "rrf" => FusionMethod::Rrf { k: settings.k.ok_or("rrf needs k")? },
-            "convex" => FusionMethod::Convex {
-                alpha: settings.alpha.ok_or("convex needs alpha")?,
-                normalization: settings
-                    .normalization
-                    .as_deref()
-                    .ok_or("convex needs normalization")?
-                    .parse()?,
-            },
-            other => return Err(format!("unknown fusion method \"{other}\"")),
-        };
-        if settings.depth == 0 {
-            return Err("depth must be at least 1".to_string());
-        }
-        let feedback = Feedback::from_parts(settings.feedback_docs, settings.feedback_weight)
-            .map_err(|error| error.to_string())?;
-        Ok(Fusion { method, depth: settings.depth, feedback })
-    }
 }
 
-/// Fusion settings as a person gives them (flags, a JSON request): any may be missing, and
-/// the missing ones take the defaults of the method.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FusionParams {
-    /// `rrf` or `convex` [default: rrf if `k` is given, else convex].
-    pub method: Option<String>,
-    /// Convex: the semantic side's weight, 0 to 1.
-    pub alpha: Option<f64>,
-    /// Convex: `min-max`, `z-score` or `theoretical`.
-    pub normalization: Option<String>,
-    /// Reciprocal rank fusion's constant.
-    pub k: Option<f64>,
-    /// Candidates per side.
-    pub depth: Option<usize>,
-    /// Pseudo-relevance feedback: the best keyword hits the semantic query moves toward.
-    pub feedback_docs: Option<usize>,
-    /// Pseudo-relevance feedback: the weight of their mean vector.
-    pub feedback_weight: Option<f64>,
-}
-
-/// A fusion parameter that cannot be used: which one, and why.
+/// A fusion setting that cannot be used: which one, and why.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{param}: {message}")]
 pub struct FusionParamError {
-    /// The parameter's name in [`FusionParams`].
+    /// The setting's name, as a field of [`FusionSettings`].
     pub param: &'static str,
     pub message: String,
-}
-
-impl FusionParamError {
-    fn new(param: &'static str, message: impl Into<String>) -> FusionParamError {
-        FusionParamError { param, message: message.into() }
-    }
-}
-
-impl FusionParams {
-    /// The fusion asked for, the defaults filling in what was not given; None if nothing was.
-    pub fn fusion(&self) -> Result<Option<Fusion>, FusionParamError> {
-        if *self == FusionParams::default() {
-            return Ok(None);
-        }
-        let error = |param, message: String| FusionParamError { param, message };
-        let rrf = match self.method.as_deref() {
-            Some("rrf") => true,
-            Some("convex") => false,
-            Some(other) => {
-                let message = format!("unknown method \"{other}\": expected rrf or convex");
-                return Err(error("method", message));
-            }
-            None => self.k.is_some(),
-        };
-        let method = if rrf {
-            for (param, given) in
-                [("alpha", self.alpha.is_some()), ("normalization", self.normalization.is_some())]
-            {
-                if given {
-                    return Err(error(param, "is for the convex method, not rrf".to_string()));
-                }
-            }
-            let k = self.k.unwrap_or(Fusion::DEFAULT_RRF_K);
-            if !(k >= 0.0 && k.is_finite()) {
-                return Err(error("k", format!("must be a number of 0 or more (found {k})")));
-            }
-            FusionMethod::Rrf { k }
-        } else {
-            if self.k.is_some() {
-                return Err(error("k", "is for the rrf method, not convex".to_string()));
-            }
-            let alpha = self.alpha.unwrap_or(Fusion::DEFAULT_ALPHA);
-            if !(0.0..=1.0).contains(&alpha) {
-                return Err(error("alpha", format!("must be between 0 and 1 (found {alpha})")));
-            }
-            let normalization = match self.normalization.as_deref() {
-                Some(name) => name.parse().map_err(|message| error("normalization", message))?,
-                None => Fusion::DEFAULT_NORMALIZATION,
-            };
-            FusionMethod::Convex { alpha, normalization }
-        };
-        let depth = self.depth.unwrap_or(Fusion::DEFAULT_DEPTH);
-        if depth == 0 {
-            return Err(error("depth", "must be at least 1".to_string()));
-        }
-        let feedback = Feedback::from_parts(self.feedback_docs, self.feedback_weight)?;
-        Ok(Some(Fusion { method, depth, feedback }))
-    }
 }
 
 impl fmt::Display for Fusion {
@@ -666,12 +610,12 @@ mod tests {
 
     #[test]
     fn feedback_parameters_are_checked_kept_and_shown() {
-        let params = |docs, weight| FusionParams {
+        let settings = |docs, weight| FusionSettings {
             feedback_docs: docs,
             feedback_weight: weight,
-            ..FusionParams::default()
+            ..FusionSettings::default()
         };
-        let fusion = params(Some(3), None).fusion().unwrap().unwrap();
+        let fusion = Fusion::from_settings(&settings(Some(3), None)).unwrap();
         assert_eq!(fusion.feedback, Some(Feedback { docs: 3, weight: Feedback::DEFAULT_WEIGHT }));
         assert_eq!(fusion.method, Fusion::default().method);
         assert!(fusion.to_string().ends_with(" feedback_docs=3 feedback_weight=1"), "{fusion}");
@@ -679,6 +623,7 @@ mod tests {
         // Without feedback the stored form has no feedback fields, as before they existed.
         let plain = serde_json::to_value(Fusion::default().to_settings()).unwrap();
         assert_eq!(plain.get("feedback_docs"), None);
+        assert_eq!(Fusion::requested(&FusionSettings::default()), Ok(None));
 
         for (docs, weight, param) in [
             (Some(0), None, "feedback_docs"),
@@ -686,11 +631,38 @@ mod tests {
             (Some(2), Some(f64::NAN), "feedback_weight"),
             (None, Some(1.0), "feedback_weight"),
         ] {
-            assert_eq!(params(docs, weight).fusion().unwrap_err().param, param);
+            assert_eq!(Fusion::from_settings(&settings(docs, weight)).unwrap_err().param, param);
         }
-        let mut settings = fusion.to_settings();
-        settings.feedback_docs = None;
-        assert!(Fusion::from_settings(&settings).unwrap_err().contains("feedback_docs"));
+    }
+
+    #[test]
+    fn settings_are_checked_in_one_place_with_the_setting_named() {
+        let given = |json: &str| {
+            let settings: FusionSettings = serde_json::from_str(json).unwrap();
+            Fusion::from_settings(&settings)
+        };
+        assert_eq!(given("{}"), Ok(Fusion::SCIFACT_TUNED));
+        assert_eq!(given(r#"{"k": 10}"#).unwrap().method, FusionMethod::Rrf { k: 10.0 });
+        assert_eq!(
+            given(r#"{"method": "rrf"}"#).unwrap().method,
+            FusionMethod::Rrf { k: Fusion::DEFAULT_RRF_K }
+        );
+        for (json, param) in [
+            (r#"{"method": "sum"}"#, "method"),
+            (r#"{"method": "rrf", "alpha": 0.5}"#, "alpha"),
+            (r#"{"k": 10, "normalization": "min-max"}"#, "normalization"),
+            (r#"{"method": "convex", "k": 10}"#, "k"),
+            (r#"{"k": -1}"#, "k"),
+            (r#"{"alpha": 1.5}"#, "alpha"),
+            (r#"{"normalization": "l2"}"#, "normalization"),
+            (r#"{"depth": 0}"#, "depth"),
+        ] {
+            assert_eq!(given(json).unwrap_err().param, param, "{json}");
+        }
+        // A manifest written before the settings became optional still reads the same.
+        let stored = r#"{"method":"convex","alpha":0.8,"normalization":"theoretical","depth":100}"#;
+        assert_eq!(given(stored), Ok(Fusion::SCIFACT_TUNED));
+        assert_eq!(serde_json::to_string(&Fusion::SCIFACT_TUNED.to_settings()).unwrap(), stored);
     }
 
     #[test]

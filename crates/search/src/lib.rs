@@ -8,16 +8,21 @@
 
 mod filter;
 mod hybrid;
+mod judged;
 mod keyword;
 mod semantic;
 mod statistics;
+mod tune;
 
+pub use cloze_index::FusionSettings;
 pub use filter::{Condition, Filter, FilterError, Scalar, Test};
 pub use hybrid::{
     candidates, fuse, Candidates, Explanation, Feedback, Fused, Fusion, FusionMethod,
-    FusionParamError, FusionParams, Normalization, Ranking, SideScore,
+    FusionParamError, Normalization, Ranking, SideScore,
 };
+pub use judged::{record, search_judged, JudgedQuery, NoQueryText};
 pub use statistics::KeywordStatistics;
+pub use tune::{tune, ScoredFusion, TuneOptions, Tuning, SIGNIFICANCE_TRIALS};
 
 use std::fmt;
 use std::str::FromStr;
@@ -88,7 +93,7 @@ pub struct SearchRequest {
     /// More is closer to exact search and slower.
     pub ef_search: Option<usize>,
     /// Hybrid mode: how to fuse [default: the collection's saved default, else
-    /// `Fusion::default()`].
+    /// `Fusion::SCIFACT_TUNED`].
     pub fusion: Option<Fusion>,
     /// Only documents whose metadata pass this filter.
     pub filter: Option<Filter>,
@@ -212,6 +217,10 @@ pub enum SearchError {
     InvalidVector(String),
     #[error("searching {collection}: {source}")]
     Tantivy { collection: String, source: tantivy::TantivyError },
+    #[error("query \"{id}\": {source}")]
+    InQuery { id: String, source: Box<SearchError> },
+    #[error("{param}: {message}")]
+    InvalidTuning { param: &'static str, message: String },
 }
 
 /// The query's vector: the request's own (at unit length), else its text embedded by the

@@ -114,7 +114,13 @@ impl From<SearchError> for ApiError {
             SearchError::Index(error) => error.into(),
             SearchError::UnknownMode(_)
             | SearchError::InvalidFusion { .. }
-            | SearchError::InvalidVector(_) => ApiError::invalid(error.to_string()),
+            | SearchError::InvalidVector(_)
+            | SearchError::InvalidTuning { .. } => ApiError::invalid(error.to_string()),
+            // As the query's own error, saying which query it was.
+            SearchError::InQuery { id, source } => {
+                let inner = ApiError::from(*source);
+                ApiError { reason: format!("query \"{id}\": {}", inner.reason), ..inner }
+            }
             SearchError::Inconsistent { .. } => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "busy", error.to_string())
             }

@@ -52,7 +52,7 @@ fn service_routes(config: &mut web::ServiceConfig) {
 
 /// Registers every route.
 fn routes(config: &mut web::ServiceConfig) {
-    use routes::{collections, documents, rank_eval, search, service, snapshots};
+    use routes::{collections, documents, rank_eval, search, service, snapshots, tune};
     service_routes(config);
     config
         .route("/collections", web::get().to(collections::list))
@@ -70,6 +70,7 @@ fn routes(config: &mut web::ServiceConfig) {
         )
         .route("/collections/{name}/_search", web::post().to(search::search_collection))
         .route("/collections/{name}/_rank_eval", web::post().to(rank_eval::rank_eval))
+        .route("/collections/{name}/_tune", web::post().to(tune::tune_collection))
         .route("/collections/{name}/_snapshot", web::post().to(snapshots::snapshot))
         .route("/collections/{name}/_restore", web::post().to(snapshots::restore))
         .route("/snapshots", web::get().to(snapshots::list))

@@ -3,13 +3,13 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use cloze_eval::{
     compare, format_p, write_report, CompareOptions, Comparison, Metric, Qrels, Run, Versus,
 };
 use cloze_index::{Collection, DataDir};
-use cloze_search::{search, Mode, SearchRequest};
+use cloze_search::{search_judged, JudgedQuery, Mode, SearchRequest};
 use serde_json::{json, Map, Value};
 
 use crate::commands::search::parse_mode;
@@ -63,7 +63,7 @@ pub struct EvalArgs {
     ef_search: Option<usize>,
 
     #[command(flatten)]
-    fusion: crate::commands::fusion::FusionFlags,
+    fusion: cloze_search::FusionSettings,
 
     /// How many hits to retrieve per query (the deepest cutoff any metric can see).
     #[arg(long, default_value_t = 1000, conflicts_with = "run")]
@@ -139,13 +139,14 @@ pub fn run(data_dir: &DataDir, args: EvalArgs) -> Result<()> {
         if args.run_out.is_some() && args.mode.len() > 1 {
             bail!("--run-out writes one run: name one --mode");
         }
-        if let Some(missing) = qrels.queries().find(|id| !texts.contains_key(*id)) {
-            bail!(
-                "query \"{missing}\" is judged in {} but has no text in {}",
+        let queries = JudgedQuery::from_judgments(&qrels, &texts).map_err(|missing| {
+            anyhow!(
+                "query \"{}\" is judged in {} but has no text in {}",
+                missing.id,
                 args.qrels.display(),
                 args.queries.as_deref().unwrap_or(Path::new("")).display()
-            );
-        }
+            )
+        })?;
         let collection = data_dir.open(collection)?;
         settings.insert("analyzer".into(), serde_json::to_value(&collection.manifest().analyzer)?);
         let mut systems = Vec::new();
@@ -153,7 +154,7 @@ pub fn run(data_dir: &DataDir, args: EvalArgs) -> Result<()> {
             if args.mode[..i].contains(&mode) {
                 bail!("--mode {mode} is named twice");
             }
-            systems.push(search_judged_queries(&collection, mode, &texts, &qrels, &args)?);
+            systems.push(search_judged_queries(&collection, mode, &queries, &args)?);
         }
         if let (Some(path), [system]) = (&args.run_out, &systems[..]) {
             let tag = args.run_tag.clone().unwrap_or_else(|| format!("cloze-{}", system.name));
@@ -299,14 +300,13 @@ fn print_per_query(comparison: &Comparison, texts: &HashMap<String, String>) {
 fn search_judged_queries(
     collection: &Collection,
     mode: Mode,
-    texts: &HashMap<String, String>,
-    qrels: &Qrels,
+    queries: &[JudgedQuery],
     args: &EvalArgs,
 ) -> Result<System> {
     let mut settings = Map::new();
     settings.insert("mode".into(), json!(mode.name()));
     // Resolved once, so every query uses, and the report names, the same fusion.
-    let mut fusion = args.fusion.fusion()?;
+    let mut fusion = crate::commands::fusion::requested(&args.fusion)?;
     if mode == Mode::Hybrid {
         let used = match fusion {
             Some(fusion) => fusion,
@@ -322,18 +322,14 @@ fn search_judged_queries(
             settings.insert("ef_search".into(), json!(ef_search));
         }
     }
-    let progress = progress::bar(qrels.num_queries() as u64, &format!("{mode} queries"));
-    let mut run = Run::new();
-    for id in qrels.queries() {
-        let mut request = SearchRequest::new(texts[id].as_str(), mode, args.depth);
-        request.with_documents = false;
-        request.ef_search = args.ef_search;
-        request.fusion = fusion;
-        let found = search(collection, &request).with_context(|| format!("query \"{id}\""))?;
-        run.insert(id, found.hits.into_iter().map(|hit| (hit.id, f64::from(hit.score))).collect());
-        progress.inc(1);
-    }
+    let mut template = SearchRequest::new("", mode, args.depth);
+    template.with_documents = false;
+    template.ef_search = args.ef_search;
+    template.fusion = fusion;
+    let progress = progress::bar(queries.len() as u64, &format!("{mode} queries"));
+    let run = search_judged(collection, &template, queries, || progress.inc(1));
     progress.finish_and_clear();
+    let run = run?;
     Ok(System { name: mode.name().to_string(), run, settings })
 }
 

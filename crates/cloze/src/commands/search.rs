@@ -21,7 +21,7 @@ pub struct SearchArgs {
     ef_search: Option<usize>,
 
     #[command(flatten)]
-    fusion: crate::commands::fusion::FusionFlags,
+    fusion: cloze_search::FusionSettings,
 
     /// How many hits to show.
     #[arg(short = 'k', long = "limit", default_value_t = 10)]
@@ -55,7 +55,7 @@ pub fn run(data_dir: &DataDir, args: SearchArgs) -> Result<()> {
     let mut request = SearchRequest::new(args.query, args.mode, args.limit);
     request.offset = args.offset;
     request.ef_search = args.ef_search;
-    request.fusion = args.fusion.fusion()?;
+    request.fusion = crate::commands::fusion::requested(&args.fusion)?;
     if let Some(filter) = &args.filter {
         let value = serde_json::from_str(filter).context("--filter is not valid JSON")?;
         request.filter = Some(Filter::from_json(&value).context("--filter")?);

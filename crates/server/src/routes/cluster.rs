@@ -10,6 +10,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use cloze_cluster::router::NewCollection;
 use cloze_cluster::{ClusterError, ClusterSearch, Router};
 use cloze_eval::Run;
+use cloze_search::record;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -17,7 +18,7 @@ use serde_json::{json, Map, Value};
 use crate::error::ApiError;
 use crate::routes::collections::CreateCollection;
 use crate::routes::documents::bulk_changes;
-use crate::routes::rank_eval::{record, RankEvalPlan};
+use crate::routes::rank_eval::RankEvalPlan;
 use crate::routes::search::SearchBody;
 use crate::routes::{blocking, parse_json, read_body, read_json};
 use crate::AppState;
@@ -261,7 +262,8 @@ pub async fn rank_eval(
     let router = router(&state)?;
     let mut runs = Vec::new();
     for template in &plan.templates {
-        let searches = plan.searches(template).map(|(id, request)| {
+        let searches = plan.queries.iter().map(|query| {
+            let (id, request) = (query.id.as_str(), query.request(template));
             let search = ClusterSearch {
                 request,
                 filter: plan.filter.clone(),

@@ -7,6 +7,7 @@ pub mod rank_eval;
 pub mod search;
 pub mod service;
 pub mod snapshots;
+pub mod tune;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest};

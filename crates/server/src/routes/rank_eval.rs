@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use cloze_eval::{compare, evaluate, CompareOptions, Metric, Qrels, Run};
-use cloze_search::{search, FusionParams, Hit, Mode, SearchRequest};
+use cloze_search::{search_judged, FusionSettings, JudgedQuery, Mode, SearchRequest};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -28,14 +28,14 @@ use crate::{AppState, ServerConfig};
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RankEvalBody {
-    requests: Vec<JudgedQuery>,
+    requests: Vec<JudgedRequest>,
     /// Default: nDCG@10, recall@100, MRR@10 and MAP, as `cloze eval`.
     metrics: Option<Vec<String>>,
     mode: Option<String>,
     /// Several modes to compare, the first the baseline.
     modes: Option<Vec<String>>,
     k: Option<usize>,
-    fusion: Option<FusionParams>,
+    fusion: Option<FusionSettings>,
     ef_search: Option<usize>,
     filter: Option<Value>,
     /// Comparisons: random swaps per randomization test.
@@ -50,9 +50,10 @@ struct RankEvalBody {
 /// The most random swaps a comparison may ask for: each costs a pass over the queries.
 const MAX_TRIALS: usize = 100_000;
 
+/// A judged query as `_rank_eval` and `_tune` take it.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JudgedQuery {
+pub(crate) struct JudgedRequest {
     id: String,
     query: String,
     /// The query's vector, for semantic and hybrid modes on a collection whose documents bring
@@ -78,8 +79,7 @@ pub(crate) struct RankEvalPlan {
     pub templates: Vec<SearchRequest>,
     /// The body's filter as JSON (a clustered collection's nodes read it so).
     pub filter: Option<Value>,
-    /// Each judged query's id, text and vector if given.
-    queries: Vec<(String, String, Option<Vec<f32>>)>,
+    pub queries: Vec<JudgedQuery>,
     comparing: bool,
     options: CompareOptions,
 }
@@ -87,9 +87,6 @@ pub(crate) struct RankEvalPlan {
 impl RankEvalPlan {
     pub(crate) fn from_body(body: &[u8], config: &ServerConfig) -> Result<RankEvalPlan, ApiError> {
         let body: RankEvalBody = parse_json(body)?;
-        if body.requests.is_empty() {
-            return Err(ApiError::invalid("requests: give at least one judged query"));
-        }
         let metrics = match &body.metrics {
             Some(names) if names.is_empty() => {
                 return Err(ApiError::invalid("metrics: name at least one"))
@@ -104,20 +101,7 @@ impl RankEvalPlan {
                 .collect::<Result<Vec<_>, _>>()?,
             None => Metric::DEFAULTS.to_vec(),
         };
-        let mut qrels = Qrels::default();
-        for (i, judged) in body.requests.iter().enumerate() {
-            if judged.ratings.is_empty() {
-                return Err(ApiError::invalid(format!(
-                    "requests[{i}].ratings: rate at least one document"
-                )));
-            }
-            for rating in &judged.ratings {
-                qrels.insert(&judged.id, &rating.id, rating.rating);
-            }
-        }
-        if qrels.num_queries() != body.requests.len() {
-            return Err(ApiError::invalid("requests: two requests share an id"));
-        }
+        let (queries, qrels) = judged(body.requests)?;
         let modes: Vec<Mode> = match (&body.mode, &body.modes) {
             (Some(_), Some(_)) => {
                 return Err(ApiError::invalid("modes: give mode or modes, not both"))
@@ -170,7 +154,6 @@ impl RankEvalPlan {
         let templates: Vec<SearchRequest> =
             modes.into_iter().map(|mode| SearchRequest { mode, ..template.clone() }).collect();
         let comparing = body.modes.is_some();
-        let queries = body.requests.into_iter().map(|r| (r.id, r.query, r.vector)).collect();
         Ok(RankEvalPlan {
             metrics,
             qrels,
@@ -179,19 +162,6 @@ impl RankEvalPlan {
             queries,
             comparing,
             options,
-        })
-    }
-
-    /// The search of each judged query in `template`'s mode and settings, with its query id.
-    pub(crate) fn searches<'a>(
-        &'a self,
-        template: &'a SearchRequest,
-    ) -> impl Iterator<Item = (&'a str, SearchRequest)> + 'a {
-        self.queries.iter().map(move |(id, query, vector)| {
-            let mut request = template.clone();
-            request.query = query.clone();
-            request.vector = vector.clone();
-            (id.as_str(), request)
         })
     }
 
@@ -249,11 +219,7 @@ pub async fn rank_eval(
         let mut runs = Vec::new();
         for template in &plan.templates {
             check_mode(&collection, template.mode)?;
-            let mut run = Run::new();
-            for (id, request) in plan.searches(template) {
-                record(&mut run, id, search(&collection, &request)?.hits);
-            }
-            runs.push(run);
+            runs.push(search_judged(&collection, template, &plan.queries, || {})?);
         }
         Ok((plan, runs))
     })
@@ -261,7 +227,28 @@ pub async fn rank_eval(
     Ok(plan.answer(runs, started))
 }
 
-/// Adds one judged query's answer to a run, as `cloze eval` scores it.
-pub(crate) fn record(run: &mut Run, query: &str, hits: Vec<Hit>) {
-    run.insert(query, hits.into_iter().map(|hit| (hit.id, f64::from(hit.score))).collect());
+/// The judged queries of a `requests` field, and their judgments; an error names the request.
+pub(crate) fn judged(requests: Vec<JudgedRequest>) -> Result<(Vec<JudgedQuery>, Qrels), ApiError> {
+    if requests.is_empty() {
+        return Err(ApiError::invalid("requests: give at least one judged query"));
+    }
+    let mut qrels = Qrels::default();
+    for (i, judged) in requests.iter().enumerate() {
+        if judged.ratings.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "requests[{i}].ratings: rate at least one document"
+            )));
+        }
+        for rating in &judged.ratings {
+            qrels.insert(&judged.id, &rating.id, rating.rating);
+        }
+    }
+    if qrels.num_queries() != requests.len() {
+        return Err(ApiError::invalid("requests: two requests share an id"));
+    }
+    let queries = requests
+        .into_iter()
+        .map(|r| JudgedQuery { id: r.id, text: r.query, vector: r.vector })
+        .collect();
+    Ok((queries, qrels))
 }

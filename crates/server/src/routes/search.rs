@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use cloze_index::Collection;
-use cloze_search::{search, Filter, FusionParams, Mode, SearchRequest, Timings};
+use cloze_search::{search, Filter, Fusion, FusionSettings, Mode, SearchRequest, Timings};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -31,7 +31,7 @@ pub(crate) struct SearchBody {
     #[serde(default)]
     pub offset: usize,
     /// Hybrid mode: fusion settings over the collection's default.
-    pub fusion: Option<FusionParams>,
+    pub fusion: Option<FusionSettings>,
     /// Semantic side: HNSW candidates to consider.
     pub ef_search: Option<usize>,
     /// Conditions on stored metadata (see `cloze_search::Filter`).
@@ -96,8 +96,7 @@ impl SearchBody {
             request.ef_search = Some(ef);
         }
         if let Some(fusion) = &self.fusion {
-            request.fusion = fusion
-                .fusion()
+            request.fusion = Fusion::requested(fusion)
                 .map_err(|e| ApiError::invalid(format!("fusion.{}: {}", e.param, e.message)))?;
         }
         if let Some(filter) = &self.filter {

@@ -1,0 +1,99 @@
+//! `POST /collections/{name}/_tune`: find the hybrid fusion that ranks judged queries best,
+//! as `cloze tune` does, and optionally make it the collection's default.
+//!
+//! ```json
+//! {"requests": [{"id": "q1", "query": "vitamin d", "ratings": [{"_id": "d7", "rating": 1}]}],
+//!  "metric": "ndcg@10", "alphas": [0.5, 0.8], "save": true}
+//! ```
+//!
+//! `requests` are as in `_rank_eval`; the other fields are `cloze tune`'s flags, with the same
+//! defaults. The answer is what `cloze tune --json` prints, with `took_ms`.
+
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use cloze_eval::Metric;
+use cloze_search::{tune, TuneOptions};
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::routes::rank_eval::{judged, JudgedRequest};
+use crate::routes::{blocking, parse_json, read_body};
+use crate::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TuneBody {
+    requests: Vec<JudgedRequest>,
+    metric: Option<String>,
+    alphas: Option<Vec<f64>>,
+    rrf_ks: Option<Vec<f64>>,
+    depths: Option<Vec<usize>>,
+    feedback_docs: Option<Vec<usize>>,
+    feedback_weights: Option<Vec<f64>>,
+    ef_search: Option<usize>,
+    significance: Option<f64>,
+    /// Make the choice the collection's default hybrid fusion.
+    #[serde(default)]
+    save: bool,
+}
+
+/// The most settings one request may try: each is a pass over every query's candidates.
+const MAX_SETTINGS: usize = 10_000;
+
+pub async fn tune_collection(
+    state: web::Data<AppState>,
+    name: web::Path<String>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let body = read_body(&state, &request, payload).await?;
+    let body: TuneBody = parse_json(&body)?;
+    let defaults = TuneOptions::default();
+    let metric = match &body.metric {
+        Some(name) => {
+            name.parse::<Metric>().map_err(|e| ApiError::invalid(format!("metric: {e}")))?
+        }
+        None => defaults.metric,
+    };
+    let options = TuneOptions {
+        metric,
+        alphas: body.alphas.unwrap_or(defaults.alphas),
+        rrf_ks: body.rrf_ks.unwrap_or(defaults.rrf_ks),
+        depths: body.depths.unwrap_or(defaults.depths),
+        feedback_docs: body.feedback_docs.unwrap_or(defaults.feedback_docs),
+        feedback_weights: body.feedback_weights.unwrap_or(defaults.feedback_weights),
+        ef_search: body.ef_search.or(defaults.ef_search),
+        significance: body.significance.unwrap_or(defaults.significance),
+    };
+    let tried = options.settings()?.len();
+    if tried > MAX_SETTINGS {
+        return Err(ApiError::invalid(format!(
+            "{tried} settings to try, over the limit of {MAX_SETTINGS}: give fewer alphas, \
+             rrf_ks, depths or feedback settings"
+        )));
+    }
+    let max = state.config.max_hits;
+    if let Some(depth) = options.depths.iter().find(|&&depth| depth > max) {
+        return Err(ApiError::invalid(format!(
+            "depths: {depth} is over the limit of {max} (max_hits)"
+        )));
+    }
+    let (queries, qrels) = judged(body.requests)?;
+    let save = body.save;
+    let state = state.into_inner();
+    let tuning = blocking(move || {
+        let handle = state.registry.get(&name)?;
+        let collection = handle.snapshot();
+        let mut tuning = tune(&collection, &queries, &qrels, &options, || {})?;
+        if save {
+            handle.write(|collection| tuning.save(collection))?;
+        }
+        Ok(tuning)
+    })
+    .await?;
+    let mut answer = serde_json::to_value(&tuning).expect("a tuning serializes");
+    answer["took_ms"] = serde_json::json!(started.elapsed().as_secs_f64() * 1e3);
+    Ok(HttpResponse::Ok().json(answer))
+}
