@@ -1,28 +1,13 @@
-//! The distance kernels every vector search runs, and the one place that chooses the CPU's
-//! instructions for them.
+//! The distance kernels every vector search runs.
 //!
-//! The binary targets any x86-64; where the CPU has AVX2 and FMA (checked once, at run time)
-//! the kernels use them, and elsewhere (other CPUs, other architectures) a portable version
-//! computes the same sums. AVX-512 was slower on an AMD EPYC, so it is not used here.
+//! Where the CPU has AVX2 and FMA (`cloze_mlm::cpu` checks, once) the kernels use them, and
+//! elsewhere (other CPUs, other architectures) a portable version computes the same sums.
+//! AVX-512 was slower on an AMD EPYC, so it is not used here.
 
 use hnsw_rs::anndists::dist::Distance;
 
-/// Whether this CPU runs the AVX2 and FMA kernels. Detected once: the check is a few
-/// instructions, but it sits in loops that run millions of times.
-#[inline(always)]
-pub(crate) fn has_avx2_fma() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static DETECTED: OnceLock<bool> = OnceLock::new();
-        *DETECTED.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        })
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
-}
+#[cfg(target_arch = "x86_64")]
+use cloze_mlm::cpu::has_avx2_fma;
 
 /// Cosine distance between unit vectors: 1 - dot. anndists' `DistDot` asserts the result is not
 /// negative, which rounding breaks for near-identical vectors.
@@ -164,16 +149,7 @@ fn dot_bytes_avx2(a: &[u8], b: &[u8]) -> i32 {
 /// walk spends most of its time there: inlining it was worth a third of its time in a profile.
 #[inline(always)]
 pub(crate) fn with_avx2<T>(work: impl FnOnce() -> T) -> T {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        #[target_feature(enable = "avx2,fma")]
-        fn compiled_for_avx2<T>(work: impl FnOnce() -> T) -> T {
-            work()
-        }
-        // SAFETY: the CPU has the features the function is compiled for.
-        return unsafe { compiled_for_avx2(work) };
-    }
-    work()
+    cloze_mlm::cpu::avx2_fma(work)
 }
 
 /// Asks the CPU to start loading `values` into its cache, so that the loads of several

@@ -82,34 +82,16 @@ fn fill_rows(out: &mut [f32], n: usize, fill: impl Fn(usize, &mut [f32]) + Sync)
     }
 }
 
-/// Runs `work` compiled for AVX-512 or AVX2, the widest the CPU has. The default x86-64
-/// target has only 4-wide SSE vectors; the kernels' loops are written in [`LANES`] lanes so
-/// that, compiled here, each is one or two vector instructions (the attention softmax took a
-/// fifth of the time embedding with all-MiniLM-L6-v2 when it was compiled for SSE). The work
-/// is inlined into the function with the wider target, so everything it calls that is marked
-/// `#[inline(always)]` is compiled for that target too.
+/// Runs `work` compiled for the widest vectors the CPU has ([`crate::cpu::widest`]). The
+/// default x86-64 target has only 4-wide SSE vectors; the kernels' loops are written in
+/// [`LANES`] lanes so that, compiled for AVX-512 or AVX2, each is one or two vector
+/// instructions (the attention softmax took a fifth of the time embedding with
+/// all-MiniLM-L6-v2 when it was compiled for SSE). The work is inlined into the function with
+/// the wider target, so everything it calls that is marked `#[inline(always)]` is compiled for
+/// that target too.
 #[inline(always)]
 fn vectorised<R>(work: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            #[target_feature(enable = "avx512f")]
-            fn with_avx512<R>(work: impl FnOnce() -> R) -> R {
-                work()
-            }
-            // SAFETY: the CPU was just found to have AVX-512.
-            return unsafe { with_avx512(work) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") {
-            #[target_feature(enable = "avx2")]
-            fn with_avx2<R>(work: impl FnOnce() -> R) -> R {
-                work()
-            }
-            // SAFETY: the CPU was just found to have AVX2.
-            return unsafe { with_avx2(work) };
-        }
-    }
-    work()
+    crate::cpu::widest(work)
 }
 
 /// Lanes of the kernels' reductions: a sum or maximum kept in 16 running values (one AVX-512

@@ -7,6 +7,7 @@ pub mod allocator;
 mod checkpoint;
 mod config;
 mod contrastive;
+pub mod cpu;
 mod data;
 mod embed;
 mod kernels;
