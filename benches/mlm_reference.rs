@@ -15,10 +15,10 @@ use std::path::Path;
 use std::process::Command;
 
 use candle_core::{Device, Tensor};
-use cloze_mlm::{
-    epoch_order, load_tokenizer, mlm_loss, pack, read_texts, tokenize, train, Event, MaskedBatch,
-    Masker, SpecialIds, TrainConfig, TrainOptions,
+use cloze_mlm::reference::{
+    epoch_order, mlm_loss, pack, read_texts, tokenize, MaskedBatch, Masker, SpecialIds,
 };
+use cloze_mlm::{load_tokenizer, train, Event, TrainConfig, TrainOptions};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 

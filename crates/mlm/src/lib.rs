@@ -1,7 +1,8 @@
 //! Masked language model pre-training: the encoder that Cloze learns from a user's own text.
 //!
-//! [`BertForMaskedLm`] is a BERT encoder with its MLM head in Hugging Face's layout;
-//! [`Masker`] implements the cloze objective; [`mlm_loss`] ties them together.
+//! [`BertForMaskedLm`] is a BERT encoder with its MLM head in Hugging Face's layout; [`train`]
+//! trains it on a user's text with the cloze objective (and, optionally, contrastive steps) and
+//! writes a checkpoint that [`Embedder`] loads to embed documents and queries.
 
 pub mod allocator;
 mod checkpoint;
@@ -17,39 +18,25 @@ mod optim;
 mod tokenizer;
 mod train;
 
-pub use checkpoint::{load, load_config, save, CheckpointError, CONFIG_FILE, WEIGHTS_FILE};
+pub use checkpoint::{load, save, CheckpointError, WEIGHTS_FILE};
 pub use config::BertConfig;
-pub use contrastive::{contrastive_loss, crop_pairs, ContrastiveSettings, CropBatch};
-pub use data::{pack, read_texts, tokenize, DataError, Packing};
+pub use contrastive::ContrastiveSettings;
 pub use embed::{EmbedError, Embedder, Pooling, DEFAULT_BATCH_SIZE, TOKEN_WEIGHTS_FILE};
-pub use masking::{MaskedBatch, MaskedSequence, Masker};
-pub use model::{BertForMaskedLm, Parameters};
-pub use optim::{AdamW, AdamWSettings};
-pub use tokenizer::{
-    continuation_ids, load_tokenizer, save_tokenizer, train_wordpiece, SpecialIds, TokenizerError,
-    SPECIAL_TOKENS, TOKENIZER_FILE,
-};
-pub use tokenizers::Tokenizer;
+pub use model::BertForMaskedLm;
+pub use tokenizer::{load_tokenizer, save_tokenizer, train_wordpiece, TokenizerError};
 pub use train::{
-    epoch_order, learning_rate, train, Evaluation, Event, ModelShape, Schedule, TokenizerSettings,
-    TrainConfig, TrainError, TrainOptions, TrainingSettings,
+    train, Evaluation, Event, ModelShape, Schedule, TokenizerSettings, TrainConfig, TrainError,
+    TrainOptions, TrainingSettings,
 };
 
-use candle_core::{Result, Tensor};
-use rand_chacha::ChaCha8Rng;
-
-/// The masked-token loss of a batch: cross-entropy over the whole vocabulary, averaged over
-/// the chosen positions only. Dropout is on when a generator is given. Returns the loss and the
-/// logits at the chosen positions (`[n, vocab]`), for accuracy.
-pub fn mlm_loss(
-    model: &BertForMaskedLm,
-    batch: &MaskedBatch,
-    rng: Option<&mut ChaCha8Rng>,
-) -> Result<(Tensor, Tensor)> {
-    let hidden = model.encode(&batch.input_ids, &batch.attention_mask, rng)?;
-    let (rows, length, size) = hidden.dims3()?;
-    let chosen = hidden.reshape((rows * length, size))?.index_select(&batch.positions, 0)?;
-    let logits = model.mlm_logits(&chosen)?;
-    let loss = crate::kernels::cross_entropy(&logits, &batch.labels)?;
-    Ok((loss, logits))
+/// The steps of training, one by one, for the reference benchmarks and tests that compare
+/// them with PyTorch's and check their gradients. Not part of the API: they change as training
+/// does.
+#[doc(hidden)]
+pub mod reference {
+    pub use crate::data::{pack, read_texts, tokenize};
+    pub use crate::masking::{mlm_loss, MaskedBatch, Masker};
+    pub use crate::optim::{AdamW, AdamWSettings};
+    pub use crate::tokenizer::SpecialIds;
+    pub use crate::train::epoch_order;
 }

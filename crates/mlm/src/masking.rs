@@ -10,6 +10,7 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use tokenizers::Tokenizer;
 
+use crate::model::BertForMaskedLm;
 use crate::tokenizer::{continuation_ids, SpecialIds, TokenizerError};
 
 /// What the masker needs to know about the vocabulary.
@@ -161,6 +162,22 @@ impl Masker {
             tokens,
         })
     }
+}
+
+/// The masked-token loss of a batch: cross-entropy over the whole vocabulary, averaged over
+/// the chosen positions only. Dropout is on when a generator is given. Returns the loss and the
+/// logits at the chosen positions (`[n, vocab]`), for accuracy.
+pub fn mlm_loss(
+    model: &BertForMaskedLm,
+    batch: &MaskedBatch,
+    rng: Option<&mut ChaCha8Rng>,
+) -> Result<(Tensor, Tensor)> {
+    let hidden = model.encode(&batch.input_ids, &batch.attention_mask, rng)?;
+    let (rows, length, size) = hidden.dims3()?;
+    let chosen = hidden.reshape((rows * length, size))?.index_select(&batch.positions, 0)?;
+    let logits = model.mlm_logits(&chosen)?;
+    let loss = crate::kernels::cross_entropy(&logits, &batch.labels)?;
+    Ok((loss, logits))
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! Hugging Face's `BertForMaskedLM`.
 
 use candle_core::{DType, Device, Tensor};
-use cloze_mlm::{mlm_loss, AdamW, AdamWSettings, BertConfig, BertForMaskedLm, Masker};
+use cloze_mlm::reference::{mlm_loss, AdamW, AdamWSettings, Masker};
+use cloze_mlm::{BertConfig, BertForMaskedLm};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
