@@ -1,23 +1,55 @@
 //! `cloze serve` end to end: a real server process on a free loopback port, driven over HTTP.
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use cloze_tests::beir_collection;
+use cloze_tests::{beir_collection, copy_dir};
 use serde_json::{json, Value};
 
 mod common;
 use common::{ids, model, scifact_lines, Server};
 
-#[test]
-fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
-    let work = tempfile::tempdir().unwrap();
-    let data = work.path().join("index");
-    let model = model(work.path());
-    let server = Server::start(&data, &[]);
+/// The first 800 SciFact documents in a collection `sf` with a small model, built once and
+/// copied into each test's own data folder.
+struct Loaded {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    ids: Vec<String>,
+}
 
+fn loaded() -> &'static Loaded {
+    static LOADED: OnceLock<Loaded> = OnceLock::new();
+    LOADED.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("index");
+        let model = model(dir.path());
+        let server = Server::start(&data, &[]);
+        server.ok("PUT", "/collections/sf", Some(&json!({"model": model}).to_string()));
+        let (lines, ids) = scifact_lines(0..800);
+        assert_eq!(server.ok("POST", "/collections/sf/_bulk", Some(&lines))["errors"], false);
+        server.stop();
+        Loaded { _dir: dir, data, ids }
+    })
+}
+
+/// A server of its own over a copy of [`loaded`]'s collection, and its first document ids.
+fn server_with_scifact(work: &Path) -> (Server, &'static [String]) {
+    let loaded = loaded();
+    let data = work.join("index");
+    copy_dir(&loaded.data, &data);
+    (Server::start(&data, &[]), &loaded.ids)
+}
+
+const TITLE: &str = "Microstructural development of human newborn cerebral white matter assessed in vivo by diffusion tensor magnetic resonance imaging.";
+
+#[test]
+fn a_fresh_server_is_healthy_empty_and_checks_vector_settings() {
+    let work = tempfile::tempdir().unwrap();
+    let model = model(work.path());
+    let server = Server::start(&work.path().join("index"), &[]);
     assert_eq!(server.ok("GET", "/health", None)["status"], "ok");
     assert_eq!(server.ok("GET", "/collections", None)["collections"], json!([]));
     let (status, page) = server.call_text("GET", "/", None);
@@ -32,17 +64,23 @@ fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
     assert_eq!(created["settings"]["semantic"]["hnsw"]["m"], 12);
     let windows = json!({"model": model, "window_overlap": 20, "window_length": 16});
     server.refused("PUT", "/collections/w", &windows.to_string(), 400, "window_overlap is 20");
-    server.ok("PUT", "/collections/plain", Some("{}"));
+    server.stop();
+}
 
+#[test]
+fn searches_go_on_while_a_bulk_load_runs_and_see_it_whole_or_not_at_all() {
+    let work = tempfile::tempdir().unwrap();
+    let model = model(work.path());
+    let server = Server::start(&work.path().join("index"), &[]);
+    server.ok("PUT", "/collections/sf", Some(&json!({"model": model}).to_string()));
     // BEIR lines are documents carrying their own _id.
-    let (first, first_ids) = scifact_lines(0..400);
+    let (first, _) = scifact_lines(0..400);
     let bulk = server.ok("POST", "/collections/sf/_bulk", Some(&first));
     assert_eq!(bulk["items"].as_array().unwrap().len(), 400);
     assert_eq!(bulk["items"][0]["index"]["result"], "created");
 
-    // Reads go on while a bulk ingest runs, and see the collection before or after it.
-    let (second, second_ids) = scifact_lines(400..800);
-    let ingesting = Arc::new(AtomicBool::new(true));
+    let (second, _) = scifact_lines(400..800);
+    let ingesting = AtomicBool::new(true);
     let searches_during_ingest = std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
             let result = server.ok("POST", "/collections/sf/_bulk", Some(&second));
@@ -66,22 +104,26 @@ fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
         (described["documents"].as_u64(), described["vectors"].as_u64()),
         (Some(800), Some(800))
     );
+    server.stop();
+}
 
-    // All three modes.
-    let title = "Microstructural development of human newborn cerebral white matter assessed in vivo by diffusion tensor magnetic resonance imaging.";
+#[test]
+fn every_mode_ranks_pages_highlights_and_explains() {
+    let work = tempfile::tempdir().unwrap();
+    let (server, first_ids) = server_with_scifact(work.path());
     let keyword =
-        server.search("sf", json!({"q": title, "k": 3, "highlight": true, "explain": true}));
+        server.search("sf", json!({"q": TITLE, "k": 3, "highlight": true, "explain": true}));
     assert_eq!(ids(&keyword)[0], first_ids[0]);
     assert!(keyword["total"].as_u64().unwrap() > 3);
     assert!(keyword["hits"][0]["highlight"].as_str().unwrap().contains("<em>"));
     assert_eq!(keyword["hits"][0]["explanation"]["keyword"]["rank"], 1);
-    let semantic = server.search("sf", json!({"q": title, "mode": "semantic", "k": 4}));
+    let semantic = server.search("sf", json!({"q": TITLE, "mode": "semantic", "k": 4}));
     assert_eq!(semantic["mode"], "semantic");
     assert_eq!(ids(&semantic).len(), 4);
     assert!(semantic["hits"][0].get("explanation").is_none(), "explanations only when asked");
     let hybrid = server.search(
         "sf",
-        json!({"q": title, "mode": "hybrid", "k": 10, "explain": true, "fusion": {"method": "rrf", "k": 60}}),
+        json!({"q": TITLE, "mode": "hybrid", "k": 10, "explain": true, "fusion": {"method": "rrf", "k": 60}}),
     );
     // Each hit explains its fused score: the sum of 1 / (60 + rank) over the sides that found it.
     for hit in hybrid["hits"].as_array().unwrap() {
@@ -95,8 +137,13 @@ fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
     let page = server.search("sf", json!({"q": "cancer", "k": 5, "offset": 5}));
     let both = server.search("sf", json!({"q": "cancer", "k": 10}));
     assert_eq!(ids(&page), ids(&both)[5..]);
+    server.stop();
+}
 
-    // Metadata filters, in every mode.
+#[test]
+fn metadata_filters_narrow_every_mode() {
+    let work = tempfile::tempdir().unwrap();
+    let (server, _) = server_with_scifact(work.path());
     let tagged = "{\"index\": {\"_id\": \"t1\"}}\n{\"title\": \"Tagged\", \"text\": \"cancer study one\", \"year\": 1999, \"lang\": \"en\"}\n\
                   {\"_id\": \"t2\", \"text\": \"cancer study two\", \"year\": 2012, \"lang\": \"fr\"}\n";
     server.ok("POST", "/collections/sf/_bulk", Some(tagged));
@@ -116,10 +163,16 @@ fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
         (document["text"].as_str(), document["metadata"]["year"].as_u64()),
         (Some("cancer study two"), Some(2012))
     );
+    server.stop();
+}
 
-    // Evaluation over HTTP agrees with `cloze eval` on the same judgments.
+#[test]
+fn rank_eval_over_http_scores_and_compares_as_cloze_eval_does() {
+    let work = tempfile::tempdir().unwrap();
+    let (server, loaded_ids) = server_with_scifact(work.path());
+    let data = work.path().join("index");
     let scifact = beir_collection("scifact");
-    let loaded: std::collections::HashSet<&String> = first_ids.iter().chain(&second_ids).collect();
+    let loaded: std::collections::HashSet<&String> = loaded_ids.iter().collect();
     let qrels_text = std::fs::read_to_string(&scifact.test_qrels).unwrap();
     let mut judged: std::collections::BTreeMap<&str, Vec<(&str, i64)>> = Default::default();
     for line in qrels_text.lines().skip(1) {
@@ -159,23 +212,28 @@ fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
         }
     }
     std::fs::write(&subset_qrels, tsv).unwrap();
-    for mode in ["keyword", "hybrid"] {
-        let body =
-            json!({"requests": requests, "mode": mode, "metrics": ["ndcg@10", "recall@100"]});
-        let scored = server.ok("POST", "/collections/sf/_rank_eval", Some(&body.to_string()));
-        assert_eq!(scored["queries"], judged.len());
+    let cloze_eval = |modes: &str, metrics: &str, extra: &[&str]| -> Value {
         let cli = Command::new(env!("CARGO_BIN_EXE_cloze"))
             .arg("--data-dir")
             .arg(&data)
-            .args(["eval", "--collection", "sf", "--mode", mode, "--depth", "100", "--json"])
-            .args(["--metrics", "ndcg@10,recall@100", "--queries"])
+            .args(["eval", "--collection", "sf", "--mode", modes, "--depth", "100", "--json"])
+            .args(["--metrics", metrics])
+            .args(extra)
+            .arg("--queries")
             .arg(&scifact.queries)
             .arg("--qrels")
             .arg(&subset_qrels)
             .output()
             .unwrap();
         assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
-        let cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+        serde_json::from_slice(&cli.stdout).unwrap()
+    };
+    for mode in ["keyword", "hybrid"] {
+        let body =
+            json!({"requests": requests, "mode": mode, "metrics": ["ndcg@10", "recall@100"]});
+        let scored = server.ok("POST", "/collections/sf/_rank_eval", Some(&body.to_string()));
+        assert_eq!(scored["queries"], judged.len());
+        let cli = cloze_eval(mode, "ndcg@10,recall@100", &[]);
         for metric in ["ndcg@10", "recall@100"] {
             let (http, cli) =
                 (scored["metrics"][metric].as_f64().unwrap(), cli[metric].as_f64().unwrap());
@@ -189,26 +247,7 @@ fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
     // Several modes at once: the same comparison `cloze eval --mode keyword,hybrid --json` makes.
     let body = json!({"requests": requests, "modes": ["keyword", "hybrid"], "metrics": ["ndcg@10"], "trials": 2000});
     let compared = server.ok("POST", "/collections/sf/_rank_eval", Some(&body.to_string()));
-    let cli = Command::new(env!("CARGO_BIN_EXE_cloze"))
-        .arg("--data-dir")
-        .arg(&data)
-        .args([
-            "eval",
-            "--collection",
-            "sf",
-            "--mode",
-            "keyword,hybrid",
-            "--depth",
-            "100",
-            "--json",
-        ])
-        .args(["--metrics", "ndcg@10", "--trials", "2000", "--queries"])
-        .arg(&scifact.queries)
-        .arg("--qrels")
-        .arg(&subset_qrels)
-        .output()
-        .unwrap();
-    let mut cli: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    let mut cli = cloze_eval("keyword,hybrid", "ndcg@10", &["--trials", "2000"]);
     cli.as_object_mut().unwrap().remove("settings");
     let mut http = compared.clone();
     http.as_object_mut().unwrap().remove("took_ms");
@@ -223,8 +262,14 @@ fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
         400,
         "modes[1]: unknown search mode",
     );
+    server.stop();
+}
 
-    // Deletes reach both indexes.
+#[test]
+fn deletes_reach_both_indexes() {
+    let work = tempfile::tempdir().unwrap();
+    let (server, first_ids) = server_with_scifact(work.path());
+    server.ok("PUT", "/collections/plain", Some("{}"));
     server.ok("DELETE", &format!("/collections/sf/documents/{}", first_ids[0]), None);
     server.refused(
         "GET",
@@ -233,12 +278,22 @@ fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
         404,
         "no document",
     );
-    let after = server.search("sf", json!({"q": title, "mode": "hybrid", "k": 50}));
+    let after = server.search("sf", json!({"q": TITLE, "mode": "hybrid", "k": 50}));
     assert!(!ids(&after).contains(&first_ids[0].as_str()));
+    let described = server.ok("GET", "/collections/sf", None);
+    assert_eq!(
+        (described["documents"].as_u64(), described["vectors"].as_u64()),
+        (Some(799), Some(799))
+    );
     server.ok("DELETE", "/collections/plain", None);
     server.refused("GET", "/collections/plain", "", 404, "no collection named \"plain\"");
+    server.stop();
+}
 
-    // Every answer says where the server spent its time, stage by stage.
+#[test]
+fn every_answer_says_where_the_server_spent_its_time() {
+    let work = tempfile::tempdir().unwrap();
+    let (server, _) = server_with_scifact(work.path());
     let timing = |mode: &str| -> Vec<(String, f64)> {
         let url = format!("{}/collections/sf/_search", server.base);
         let body = json!({"q": "vitamin d and cancer", "mode": mode}).to_string();
@@ -256,14 +311,24 @@ fn a_collection_lives_through_create_bulk_search_evaluate_delete_and_restart() {
     assert!(hybrid.iter().all(|(_, ms)| *ms > 0.0), "{hybrid:?}");
     let keyword: Vec<f64> = timing("keyword").into_iter().map(|(_, ms)| ms).collect();
     assert!(keyword[0] == 0.0 && keyword[2] == 0.0 && keyword[1] > 0.0, "{keyword:?}");
-
-    // A restart loses nothing.
-    let before = server.search("sf", json!({"q": "cancer", "mode": "hybrid", "k": 10}));
     let metrics = server.call_text("GET", "/metrics", None).1;
     assert!(metrics.contains("cloze_http_requests_total{method=\"POST\",route=\"/collections/{name}/_search\",status=\"200\"}"));
-    assert!(metrics.contains("cloze_collection_documents{collection=\"sf\"} 801"), "{metrics}");
+    assert!(metrics.contains("cloze_collection_documents{collection=\"sf\"} 800"), "{metrics}");
     server.stop();
-    let server = Server::start(&data, &[]);
+}
+
+#[test]
+fn a_restart_loses_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let (server, _) = server_with_scifact(work.path());
+    server.ok(
+        "POST",
+        "/collections/sf/_bulk",
+        Some("{\"_id\": \"new\", \"text\": \"cancer cells\"}\n"),
+    );
+    let before = server.search("sf", json!({"q": "cancer", "mode": "hybrid", "k": 10}));
+    server.stop();
+    let server = Server::start(&work.path().join("index"), &[]);
     let names: Vec<Value> = server.ok("GET", "/collections", None)["collections"]
         .as_array()
         .unwrap()
