@@ -77,7 +77,8 @@ pub struct TuneArgs {
     #[arg(long)]
     save: bool,
 
-    /// Print JSON: every setting with its score, best first (as the service's `_tune` answers).
+    /// Print JSON on one line: every setting with its score, best first, and the choice (what
+    /// the service's `_tune` answers, but its `took_ms`).
     #[arg(long)]
     json: bool,
 }
@@ -121,7 +122,7 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
     }
 
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&tuning)?);
+        println!("{}", serde_json::to_string(&tuning)?);
         return Ok(());
     }
     let metric = tuning.metric.to_string();

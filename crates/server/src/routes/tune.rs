@@ -7,14 +7,14 @@
 //! ```
 //!
 //! `requests` are as in `_rank_eval`; the other fields are `cloze tune`'s flags, with the same
-//! defaults. The answer is what `cloze tune --json` prints, with `took_ms`.
+//! defaults. The answer is what `cloze tune --json` prints, byte for byte, with `took_ms` last.
 
 use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use cloze_eval::Metric;
 use cloze_search::{tune, TuneOptions};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::routes::rank_eval::{judged, JudgedRequest};
@@ -93,7 +93,14 @@ pub async fn tune_collection(
         Ok(tuning)
     })
     .await?;
-    let mut answer = serde_json::to_value(&tuning).expect("a tuning serializes");
-    answer["took_ms"] = serde_json::json!(started.elapsed().as_secs_f64() * 1e3);
+    // In the tuning's own field order, as `cloze tune --json` prints it, then the time taken.
+    let answer = Answer { tuning: &tuning, took_ms: started.elapsed().as_secs_f64() * 1e3 };
     Ok(HttpResponse::Ok().json(answer))
+}
+
+#[derive(Serialize)]
+struct Answer<'a> {
+    #[serde(flatten)]
+    tuning: &'a cloze_search::Tuning,
+    took_ms: f64,
 }
