@@ -579,6 +579,36 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
     let report = judged("eval", &["--mode", "hybrid"]);
     assert_eq!(report["settings"]["fusion"], "rrf k=5 depth=2");
 
+    // Without judgments: a pseudo-query from a sentence of each document, tuned on a copy of
+    // the collection from which those sentences are taken out; the collection is left as it was.
+    let pseudo = ws.json(&[
+        "tune",
+        "--collection",
+        "energy",
+        "--json",
+        "--pseudo-query-words",
+        "5",
+        "--depths",
+        "3",
+        "--alphas",
+        "0,1",
+        "--rrf-ks",
+        "60",
+        "--feedback-docs",
+        "0",
+    ]);
+    assert_eq!(pseudo["queries"], 3, "{pseudo}");
+    assert_eq!(pseudo["settings"].as_array().unwrap().len(), 7, "{pseudo}");
+    let hits = ws.hit_ids("energy", "Bread needs flour, water and time.");
+    assert_eq!(hits[0], "d3");
+    let left: Vec<String> = std::fs::read_dir(ws.data_dir())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, ["energy"], "the copy tuned on is removed");
+    let error = ws.fails(&["tune", "--collection", "energy", "--pseudo-query-words", "50"]);
+    assert!(error.contains("no document of \"energy\" has a sentence of 50 words"), "{error}");
+
     // Vector settings are fixed at creation: the same ones may be repeated, others are refused.
     let again = ["index", "--collection", "energy", "--corpus", path(&corpus), "--model"];
     ws.ok(&[&again[..], &[path(&model), "--hnsw-m", "16"]].concat());

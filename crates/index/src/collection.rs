@@ -162,6 +162,20 @@ impl DataDir {
         self.root.join(format!(".{name}.{what}-{}", std::process::id()))
     }
 
+    /// A hidden work folder for a passing copy of collection `name` (one a process makes and
+    /// drops, such as the copy tuning runs on): removed when the guard is dropped, or by
+    /// [`DataDir::clear_debris`] if the process dies first.
+    pub fn scratch(&self, name: &str) -> Result<Scratch, IndexError> {
+        validate_name(name)?;
+        let path = self.hidden(name, "scratch");
+        if path.exists() {
+            crate::files::remove_dir(&path)?;
+        }
+        std::fs::create_dir_all(&path)
+            .map_err(|source| IndexError::Io { path: path.clone(), source })?;
+        Ok(Scratch { path })
+    }
+
     /// Removes what interrupted creates, deletes and restores left behind: hidden work
     /// folders of processes that are no longer running. Returns how many it removed.
     pub fn clear_debris(&self) -> Result<usize, IndexError> {
@@ -185,9 +199,29 @@ impl DataDir {
     }
 }
 
+/// A hidden work folder in a data folder, removed on drop (see [`DataDir::scratch`]).
+#[derive(Debug)]
+pub struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(error) = crate::files::remove_dir(&self.path) {
+            tracing::warn!("removing {}: {error}", self.path.display());
+        }
+    }
+}
+
 /// The process that owns a hidden work folder `.NAME.WHAT-PID`, if `folder` is one.
 fn debris_owner(folder: &str) -> Option<u32> {
-    const WORK: [&str; 4] = ["creating", "deleting", "restoring", "replaced"];
+    const WORK: [&str; 5] = ["creating", "deleting", "restoring", "replaced", "scratch"];
     let rest = folder.strip_prefix('.')?;
     let (what, pid) = rest.rsplit_once('.')?.1.rsplit_once('-')?;
     WORK.contains(&what).then_some(())?;

@@ -152,7 +152,7 @@ fn snippet_generator(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use cloze_corpus::Document;
     use cloze_index::{AnalyzerSettings, DataDir, IndexError};
 
@@ -160,7 +160,11 @@ mod tests {
 
     use crate::{search, Filter, Mode, SearchRequest};
 
-    fn collection(dir: &std::path::Path, docs: &[(&str, &str, &str)]) -> cloze_index::Collection {
+    /// A keyword-only collection `test` of (id, title, text) documents.
+    pub(crate) fn collection(
+        dir: &std::path::Path,
+        docs: &[(&str, &str, &str)],
+    ) -> cloze_index::Collection {
         let mut collection =
             DataDir::new(dir).create("test", AnalyzerSettings::default(), None).unwrap();
         let documents = docs.iter().map(|(id, title, text)| {

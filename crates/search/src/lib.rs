@@ -10,6 +10,7 @@ mod filter;
 mod hybrid;
 mod judged;
 mod keyword;
+mod pseudo;
 mod semantic;
 mod statistics;
 mod tune;
@@ -21,6 +22,7 @@ pub use hybrid::{
     FusionParamError, Normalization, Ranking, SideScore,
 };
 pub use judged::{record, search_judged, JudgedQuery, NoQueryText};
+pub use pseudo::{pseudo_queries, tune_without_judgments, PseudoQueries, PseudoQuerySettings};
 pub use statistics::KeywordStatistics;
 pub use tune::{tune, ScoredFusion, TuneOptions, Tuning, SIGNIFICANCE_TRIALS};
 

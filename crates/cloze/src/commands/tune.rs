@@ -5,7 +5,9 @@ use anyhow::{anyhow, Result};
 use clap::Args;
 use cloze_eval::{Metric, Qrels};
 use cloze_index::DataDir;
-use cloze_search::{tune, JudgedQuery, SearchError, TuneOptions};
+use cloze_search::{
+    tune, tune_without_judgments, JudgedQuery, PseudoQuerySettings, SearchError, TuneOptions,
+};
 
 use crate::progress;
 
@@ -19,19 +21,41 @@ use crate::progress;
 /// side alone beyond chance (--significance); otherwise that side alone is. Tune on training
 /// queries and report on others: SciFact's qrels/train.tsv, not test.tsv. --save makes the
 /// choice the collection's default for hybrid searches that name no fusion.
+///
+/// Without --queries and --qrels, tunes on pseudo-queries made from the collection's own
+/// documents (--pseudo-queries): for a collection no one has judged queries on.
 #[derive(Debug, Args)]
 pub struct TuneArgs {
     /// The collection (it must have a model).
     #[arg(long, value_name = "NAME")]
     collection: String,
 
-    /// The queries: BEIR queries.jsonl or `id<TAB>text` TSV.
-    #[arg(long, value_name = "FILE")]
-    queries: PathBuf,
+    /// The queries: BEIR queries.jsonl or `id<TAB>text` TSV [default: pseudo-queries].
+    #[arg(long, value_name = "FILE", requires = "qrels")]
+    queries: Option<PathBuf>,
 
-    /// The judgments to tune on: BEIR TSV or TREC qrels.
-    #[arg(long, value_name = "FILE")]
-    qrels: PathBuf,
+    /// The judgments to tune on: BEIR TSV or TREC qrels [default: pseudo-queries].
+    #[arg(long, value_name = "FILE", requires = "queries")]
+    qrels: Option<PathBuf>,
+
+    /// Without judgments: how many pseudo-queries to make from the collection's own documents.
+    /// Each is a run of words from one sentence of a sampled document; that document, with the
+    /// sentence taken out, is the one relevant to it (tuning runs on a copy of the collection
+    /// with those documents replaced).
+    #[arg(long, value_name = "N", default_value_t = PseudoQuerySettings::default().count, conflicts_with = "qrels")]
+    pseudo_queries: usize,
+
+    /// Without judgments: words per pseudo-query.
+    #[arg(long, value_name = "N", default_value_t = PseudoQuerySettings::default().words, conflicts_with = "qrels")]
+    pseudo_query_words: usize,
+
+    /// Without judgments: leave each pseudo-query's sentence in its document.
+    #[arg(long, conflicts_with = "qrels")]
+    keep_sentences: bool,
+
+    /// Without judgments: the seed that samples the documents and words.
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "qrels")]
+    seed: u64,
 
     /// What to maximise.
     #[arg(long, default_value_t = TuneOptions::default().metric, value_parser = crate::commands::eval::parse_metric)]
@@ -95,20 +119,37 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
         significance: args.significance,
     };
     let mut collection = data_dir.open(&args.collection)?;
-    let qrels = Qrels::read(&args.qrels)?;
-    let texts: HashMap<String, String> =
-        cloze_corpus::read_queries(&args.queries)?.into_iter().map(|q| (q.id, q.text)).collect();
-    let queries = JudgedQuery::from_judgments(&qrels, &texts).map_err(|missing| {
-        anyhow!(
-            "query \"{}\" is judged in {} but has no text in {}",
-            missing.id,
-            args.qrels.display(),
-            args.queries.display()
-        )
-    })?;
-
-    let progress = progress::bar(queries.len() as u64, "queries");
-    let tuned = tune(&collection, &queries, &qrels, &options, || progress.inc(1));
+    let progress = progress::bar(0, "queries");
+    let tuned = match (&args.queries, &args.qrels) {
+        (Some(queries_path), Some(qrels_path)) => {
+            let qrels = Qrels::read(qrels_path)?;
+            let texts: HashMap<String, String> = cloze_corpus::read_queries(queries_path)?
+                .into_iter()
+                .map(|q| (q.id, q.text))
+                .collect();
+            let queries = JudgedQuery::from_judgments(&qrels, &texts).map_err(|missing| {
+                anyhow!(
+                    "query \"{}\" is judged in {} but has no text in {}",
+                    missing.id,
+                    qrels_path.display(),
+                    queries_path.display()
+                )
+            })?;
+            progress.set_length(queries.len() as u64);
+            tune(&collection, &queries, &qrels, &options, || progress.inc(1))
+        }
+        _ => {
+            let settings = PseudoQuerySettings {
+                count: args.pseudo_queries,
+                words: args.pseudo_query_words,
+                keep_sentence: args.keep_sentences,
+                seed: args.seed,
+            };
+            progress.set_length(settings.count as u64);
+            tune_without_judgments(data_dir, &collection, &settings, &options, || progress.inc(1))
+                .map(|(tuning, _)| tuning)
+        }
+    };
     progress.finish_and_clear();
     let mut tuning = tuned.map_err(|error| match error {
         // The options are flags here.
