@@ -587,7 +587,7 @@ fn a_collection_with_a_model_searches_evaluates_deletes_and_compacts() {
         "energy",
         "--json",
         "--pseudo-query-words",
-        "5",
+        "3",
         "--depths",
         "3",
         "--alphas",

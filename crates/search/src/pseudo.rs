@@ -3,7 +3,8 @@
 //!
 //! The inverse cloze task (Lee, Chang and Toutanova, 2019): a run of words from one sentence
 //! of a sampled document is the query, and that document, with the sentence taken out, is its
-//! one relevant document. Taken out, the sentence's words no longer match themselves: the
+//! one relevant document (a document of one sentence loses only the query's words; one that
+//! would keep fewer words than the query makes none). Taken out, the sentence's words no longer match themselves: the
 //! document must be found by what the rest of it says, as a real query's words differ from
 //! the text that answers it. Tuning runs on a copy of the collection in which each sampled
 //! document is replaced by its version without the sentence; the collection itself is not
@@ -48,7 +49,7 @@ pub struct PseudoQueries {
 }
 
 /// Samples documents of `collection` and makes one query of each that has a sentence of at
-/// least `settings.words` words.
+/// least `settings.words` words and keeps as many words without the query.
 pub fn pseudo_queries(
     collection: &Collection,
     settings: &PseudoQuerySettings,
@@ -78,14 +79,23 @@ pub fn pseudo_queries(
         let sentence = sentences[rng.random_range(0..sentences.len())];
         let sentence_words: Vec<&str> = sentence.split_whitespace().collect();
         let start = rng.random_range(0..=sentence_words.len() - words);
+        if !settings.keep_sentence {
+            // Without its sentence, or where that leaves too little (a one-sentence abstract),
+            // without the query's words.
+            let mut text = document.text.replacen(sentence, " ", 1);
+            if text.split_whitespace().count() < words {
+                let rest = [&sentence_words[..start], &sentence_words[start + words..]].concat();
+                text = document.text.replacen(sentence, &format!("{} ", rest.join(" ")), 1);
+            }
+            if text.split_whitespace().count() < words {
+                continue;
+            }
+            replacements.push(Document { text, ..document });
+        }
         let query_id = format!("pseudo-{}", queries.len() + 1);
         let text = sentence_words[start..start + words].join(" ");
         queries.push(JudgedQuery { id: query_id.clone(), text, vector: None });
         qrels.insert(&query_id, &id, 1);
-        if !settings.keep_sentence {
-            let text = document.text.replacen(sentence, "", 1);
-            replacements.push(Document { text, ..document });
-        }
     }
     Ok(PseudoQueries { queries, qrels, replacements })
 }
@@ -107,7 +117,8 @@ pub fn tune_without_judgments(
         return Err(SearchError::InvalidTuning {
             param: "pseudo_queries",
             message: format!(
-                "no document of \"{}\" has a sentence of {} words to make a query of",
+                "no document of \"{}\" has a sentence of {} words, and as many besides, to make \
+                 a query of",
                 collection.name(),
                 settings.words
             ),
@@ -156,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn each_query_is_a_run_of_one_sentence_and_its_document_loses_the_sentence() {
+    fn each_query_is_a_run_of_one_sentence_and_its_document_loses_it() {
         let dir = tempfile::tempdir().unwrap();
         let collection = collection(dir.path());
         let settings = PseudoQuerySettings { count: 10, words: 6, ..Default::default() };
@@ -172,6 +183,8 @@ mod tests {
             assert!(source.contains(&query.text), "{query:?}");
             assert!(!replaced.text.contains(&query.text), "{replaced:?}");
             assert!(replaced.text.len() < source.len() && replaced.title.starts_with("Title"));
+            // A document of one sentence keeps the rest of it.
+            assert!(replaced.text.split_whitespace().count() >= 6, "{replaced:?}");
         }
         // The same seed, the same queries; another seed samples differently.
         let again = pseudo_queries(&collection, &settings).unwrap();
