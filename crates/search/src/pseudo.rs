@@ -102,14 +102,14 @@ pub fn pseudo_queries(
 
 /// [`tune`] on pseudo-queries of `collection` (in `data_dir`), on a passing copy of it where
 /// each source document is replaced by its version without the query's sentence. Returns the
-/// tuning and how many queries it ran. `on_query` is called as [`tune`] calls it.
+/// tuning (its `queries` says how many it made). `on_query` is called as [`tune`] calls it.
 pub fn tune_without_judgments(
     data_dir: &DataDir,
     collection: &Collection,
     settings: &PseudoQuerySettings,
     options: &TuneOptions,
     on_query: impl FnMut(),
-) -> Result<(Tuning, usize), SearchError> {
+) -> Result<Tuning, SearchError> {
     // Queries are embedded, and replaced documents too: only a model can.
     collection.encoder()?;
     let made = pseudo_queries(collection, settings)?;
@@ -124,8 +124,8 @@ pub fn tune_without_judgments(
             ),
         });
     }
-    let tuning = if made.replacements.is_empty() {
-        tune(collection, &made.queries, &made.qrels, options, on_query)?
+    if made.replacements.is_empty() {
+        tune(collection, &made.queries, &made.qrels, options, on_query)
     } else {
         let scratch = data_dir.scratch(collection.name())?;
         let snapshot = scratch.path().join("snapshot");
@@ -139,9 +139,8 @@ pub fn tune_without_judgments(
             copy.use_encoder(collection.shared_encoder()?)?;
         }
         copy.ingest(made.replacements.into_iter().map(Ok::<_, cloze_index::IndexError>), || {})?;
-        tune(&copy, &made.queries, &made.qrels, options, on_query)?
-    };
-    Ok((tuning, made.queries.len()))
+        tune(&copy, &made.queries, &made.qrels, options, on_query)
+    }
 }
 
 #[cfg(test)]

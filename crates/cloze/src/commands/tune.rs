@@ -147,7 +147,6 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
             };
             progress.set_length(settings.count as u64);
             tune_without_judgments(data_dir, &collection, &settings, &options, || progress.inc(1))
-                .map(|(tuning, _)| tuning)
         }
     };
     progress.finish_and_clear();
