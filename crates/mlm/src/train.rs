@@ -112,6 +112,16 @@ pub struct TrainingSettings {
     /// Also train on the contrastive loss over cropped spans (for retrieval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contrastive: Option<ContrastiveSettings>,
+    /// With `contrastive`: the first steps train the cloze task alone, and the contrastive loss
+    /// joins after them, so that search training starts from a pre-trained encoder (as
+    /// Contriever starts from BERT). The learning-rate schedule, warmup included, starts again
+    /// when they end. 0: both losses from the first step.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cloze_steps: u64,
+}
+
+fn is_zero(steps: &u64) -> bool {
+    *steps == 0
 }
 
 fn default_mlm_weight() -> f64 {
@@ -210,6 +220,20 @@ impl TrainConfig {
         if let Some(contrastive) = &t.contrastive {
             contrastive.validate()?;
         }
+        if t.cloze_steps > 0 {
+            if t.contrastive.is_none() {
+                return Err("training.cloze_steps needs a training.contrastive section: \
+                            without one, every step trains the cloze task alone"
+                    .to_string());
+            }
+            if t.cloze_steps >= t.max_steps {
+                return Err(format!(
+                    "training.cloze_steps ({}) must be below training.max_steps ({}): \
+                     the contrastive steps come after them",
+                    t.cloze_steps, t.max_steps
+                ));
+            }
+        }
         let contrastive_weight = t.contrastive.as_ref().map_or(0.0, |c| c.weight);
         if t.mlm_weight == 0.0 && contrastive_weight == 0.0 {
             return Err("training.mlm_weight and training.contrastive.weight are both 0: \
@@ -240,13 +264,26 @@ impl TrainConfig {
     }
 }
 
-/// The learning rate at `step` (0-based): linear warmup, then the schedule's decay to zero.
+/// Whether `step` (0-based) belongs to the cloze stage that comes before contrastive training.
+fn in_cloze_stage(settings: &TrainingSettings, step: u64) -> bool {
+    settings.contrastive.is_some() && step < settings.cloze_steps
+}
+
+/// The learning rate at `step` (0-based): linear warmup, then the schedule's decay to zero;
+/// with a cloze stage, once over its steps and once over the steps after it.
 pub fn learning_rate(settings: &TrainingSettings, step: u64) -> f64 {
+    let (step, steps) = if in_cloze_stage(settings, step) {
+        (step, settings.cloze_steps)
+    } else if settings.contrastive.is_some() && settings.cloze_steps > 0 {
+        (step - settings.cloze_steps, settings.max_steps.saturating_sub(settings.cloze_steps))
+    } else {
+        (step, settings.max_steps)
+    };
     let peak = settings.learning_rate;
     if step < settings.warmup_steps {
         return peak * (step + 1) as f64 / settings.warmup_steps as f64;
     }
-    let decay_steps = settings.max_steps.saturating_sub(settings.warmup_steps).max(1);
+    let decay_steps = steps.saturating_sub(settings.warmup_steps).max(1);
     let progress = ((step - settings.warmup_steps) as f64 / decay_steps as f64).min(1.0);
     match settings.schedule {
         Schedule::Linear => peak * (1.0 - progress),
@@ -422,16 +459,21 @@ pub fn train(
         let mut loss_sum = 0.0;
         let mut contrastive_sum = 0.0;
         let mut tokens = 0;
+        let (mlm_weight, contrastive) = if in_cloze_stage(settings, state.step) {
+            (1.0, None)
+        } else {
+            (settings.mlm_weight, settings.contrastive.as_ref())
+        };
         for _ in 0..settings.gradient_accumulation {
             let mut loss = Tensor::zeros((), DType::F32, device)?;
-            if settings.mlm_weight > 0.0 {
+            if mlm_weight > 0.0 {
                 let sequences = next_sequences(&train, &mut order, &mut state, settings);
                 let batch = masker.mask_batch(&sequences, &mut state.rng, device)?;
                 tokens += batch.tokens;
                 let (cloze, _) = mlm_loss(&model, &batch, Some(&mut state.rng))?;
-                loss = (loss + (cloze * settings.mlm_weight)?)?;
+                loss = (loss + (cloze * mlm_weight)?)?;
             }
-            if let Some(contrastive) = &settings.contrastive {
+            if let Some(contrastive) = contrastive {
                 // Distinct documents: a document twice in a batch would be its own negative.
                 let picks: Vec<&[u32]> = rand::seq::index::sample(
                     &mut state.rng,
@@ -483,8 +525,9 @@ pub fn train(
         let mut record = serde_json::json!({
             "step": state.step, "loss": loss, "learning_rate": learning_rate,
             "grad_norm": grad_norm, "tokens_per_second": tokens as f64 / seconds,
+            "seconds": seconds,
         });
-        if settings.contrastive.is_some() {
+        if contrastive.is_some() {
             record["contrastive_loss"] =
                 serde_json::json!(contrastive_sum / settings.gradient_accumulation as f64);
         }
@@ -884,6 +927,25 @@ mod tests {
             learning_rate(&settings(Schedule::Cosine), 35),
             0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos())
         ));
+    }
+
+    /// A cloze stage has its own warmup and decay, and the contrastive steps after it start
+    /// their warmup again and decay to zero at `max_steps`.
+    #[test]
+    fn the_schedule_starts_again_after_the_cloze_stage() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        let mut s = settings(Schedule::Linear);
+        let retrieval: TrainConfig =
+            toml::from_str(include_str!("../../../configs/retrieval.toml")).unwrap();
+        s.contrastive = retrieval.training.contrastive;
+        s.cloze_steps = 50;
+        assert!(close(learning_rate(&s, 0), 0.1) && close(learning_rate(&s, 9), 1.0));
+        assert!(close(learning_rate(&s, 30), 0.5) && close(learning_rate(&s, 49), 0.025));
+        assert!(close(learning_rate(&s, 50), 0.1) && close(learning_rate(&s, 59), 1.0));
+        assert!(close(learning_rate(&s, 85), 0.5) && close(learning_rate(&s, 110), 0.0));
+        // Without contrastive training there is no stage to end.
+        s.contrastive = None;
+        assert!(close(learning_rate(&s, 60), 0.5));
     }
 
     #[test]

@@ -30,23 +30,15 @@ fn a_contrastive_run_logs_its_pair_loss_and_resumes_exactly() {
     config.training.contrastive = Some(small_contrastive());
     let straight = dir.path().join("straight");
     train(&options(&config, &corpus, &straight), &mut |_| {}).unwrap();
-    let log = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
-    let pair_losses: Vec<f64> = log
-        .lines()
-        .filter_map(|line| {
-            serde_json::from_str::<serde_json::Value>(line).unwrap()["contrastive_loss"].as_f64()
-        })
+    let pair_losses: Vec<f64> = step_records(&straight)
+        .iter()
+        .filter_map(|record| record["contrastive_loss"].as_f64())
         .collect();
     assert_eq!(pair_losses.len(), 8);
     assert!(pair_losses.iter().all(|l| l.is_finite() && *l > 0.0), "{pair_losses:?}");
 
     let interrupted = dir.path().join("interrupted");
-    let mut first = options(&config, &corpus, &interrupted);
-    first.stop_after = Some(3);
-    train(&first, &mut |_| {}).unwrap();
-    let mut rest = options(&config, &corpus, &interrupted);
-    rest.resume = true;
-    train(&rest, &mut |_| {}).unwrap();
+    stop_and_resume(&options(&config, &corpus, &interrupted), 3);
     assert_eq!(losses(&interrupted), losses(&straight));
 
     let mut starved = config.clone();
@@ -74,16 +66,12 @@ fn a_run_for_search_alone_skips_the_cloze_task() {
     config.training.contrastive = Some(small_contrastive());
     let out = dir.path().join("search");
     train(&options(&config, &corpus, &out), &mut |_| {}).unwrap();
-    let records: Vec<serde_json::Value> = std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .filter(|record: &serde_json::Value| record.get("loss").is_some())
-        .collect();
+    let records = step_records(&out);
     assert_eq!(records.len(), 4);
     for record in &records {
         assert_eq!(record["loss"], record["contrastive_loss"], "{record}");
         assert!(record["tokens_per_second"].as_f64().unwrap() > 0.0, "{record}");
+        assert!(record["seconds"].as_f64().unwrap() > 0.0, "{record}");
     }
     let sentence_bert: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("sentence_bert_config.json")).unwrap(),
@@ -112,6 +100,42 @@ fn a_run_for_search_alone_skips_the_cloze_task() {
     too_long.training.embed_max_len = Some(65);
     let error = too_long.validate().unwrap_err();
     assert!(error.contains("training.embed_max_len (65)"), "{error}");
+}
+
+/// With a cloze stage, the first steps train the cloze task alone and the contrastive loss
+/// joins after them (only then is it logged); a run stopped inside the stage resumes exactly
+/// across its end. A stage with nothing after it, or with no contrastive training, is refused.
+#[test]
+fn a_cloze_stage_comes_before_contrastive_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = corpus(dir.path());
+    let mut config = test_config();
+    (config.training.max_steps, config.training.cloze_steps) = (7, 3);
+    (config.training.mlm_weight, config.training.warmup_steps) = (0.0, 1);
+    config.training.contrastive = Some(small_contrastive());
+    let straight = dir.path().join("straight");
+    train(&options(&config, &corpus, &straight), &mut |_| {}).unwrap();
+    let steps: Vec<(u64, bool)> = step_records(&straight)
+        .iter()
+        .map(|record| (record["step"].as_u64().unwrap(), record.get("contrastive_loss").is_some()))
+        .collect();
+    let expected: Vec<(u64, bool)> = (1..=7).map(|step| (step, step > 3)).collect();
+    assert_eq!(steps, expected);
+    let saved = std::fs::read_to_string(straight.join("train_config.toml")).unwrap();
+    assert!(saved.contains("cloze_steps = 3"), "{saved}");
+
+    let interrupted = dir.path().join("interrupted");
+    stop_and_resume(&options(&config, &corpus, &interrupted), 2);
+    assert_eq!(losses(&interrupted), losses(&straight));
+
+    let mut endless = config.clone();
+    endless.training.cloze_steps = 7;
+    let error = endless.validate().unwrap_err();
+    assert!(error.contains("training.cloze_steps (7) must be below training.max_steps (7)"));
+    let mut alone = config.clone();
+    alone.training.contrastive = None;
+    let error = alone.validate().unwrap_err();
+    assert!(error.contains("training.cloze_steps needs a training.contrastive section"));
 }
 
 /// Contrastive settings for the tiny test corpus: 4 pairs a batch.
@@ -171,13 +195,26 @@ fn options(config: &TrainConfig, corpus: &Path, out: &Path) -> TrainOptions {
     }
 }
 
-/// Step losses, by step, from a run's metrics log.
-fn losses(out: &Path) -> Vec<(u64, f64)> {
+/// Trains as `run` says but stops after `step`, then resumes to the end.
+fn stop_and_resume(run: &TrainOptions, step: u64) {
+    train(&TrainOptions { stop_after: Some(step), ..run.clone() }, &mut |_| {}).unwrap();
+    train(&TrainOptions { resume: true, ..run.clone() }, &mut |_| {}).unwrap();
+}
+
+/// The records of a run's metrics log that a training step wrote (not an evaluation's).
+fn step_records(out: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
         .filter(|record| record.get("loss").is_some())
+        .collect()
+}
+
+/// Step losses, by step, from a run's metrics log.
+fn losses(out: &Path) -> Vec<(u64, f64)> {
+    step_records(out)
+        .iter()
         .map(|record| (record["step"].as_u64().unwrap(), record["loss"].as_f64().unwrap()))
         .collect()
 }
