@@ -1,5 +1,6 @@
 //! Tuning hybrid fusion, from the command line and over HTTP: one library function behind
-//! both, so the same judged queries get the same answer, byte for byte but the time taken.
+//! both, so the same judged queries (or the same pseudo-queries, without judgments) get the
+//! same answer, byte for byte but the time taken.
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
@@ -113,6 +114,25 @@ fn cloze_tune_and_the_tune_route_answer_the_same_and_save_the_choice() {
     assert_eq!(answered["queries"], 40);
     assert_eq!(answered["saved"], Value::Null);
 
+    // Without judgments, the same pseudo-queries from both, tuned on a passing copy that
+    // leaves nothing behind.
+    let pseudo =
+        ["--pseudo-queries", "30", "--depths", "20", "--feedback-docs", "0", "--seed", "3"];
+    let tune = ["--data-dir", data_dir, "tune", "--collection", "t", "--json"];
+    let printed = cloze(&[&tune[..], &pseudo[..]].concat());
+    let body = json!({"pseudo_queries": 30, "depths": [20], "feedback_docs": [0], "seed": 3});
+    let (status, text) = server.call_text("POST", "/collections/t/_tune", Some(&body.to_string()));
+    assert_eq!(status, 200, "{text}");
+    let timed = text.rfind(",\"took_ms\":").expect("took_ms");
+    assert_eq!(format!("{}}}", &text[..timed]), printed.trim_end());
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["queries"], 30);
+    let hidden: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("scratch"))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
+
     // Saved, the choice becomes the default of hybrid searches that name no fusion.
     let saved = server.ok(
         "POST",
@@ -137,8 +157,13 @@ fn cloze_tune_and_the_tune_route_answer_the_same_and_save_the_choice() {
     refused(json!({"requests": one, "significance": 2}), 400, "significance");
     refused(json!({"requests": one, "alpha": 0.5}), 400, "alpha");
     refused(json!({"requests": []}), 400, "requests: give at least one judged query");
+    refused(json!({"requests": one, "seed": 1}), 400, "seed: pseudo-queries are made only without");
+    refused(json!({"pseudo_queries": 0}), 400, "pseudo_queries: must be at least 1");
     let body = json!({"requests": one, "save": true}).to_string();
     server.refused("POST", "/collections/nope/_tune", &body, 404, "no collection named \"nope\"");
+    let no_model = server.refused("POST", "/collections/words/_tune", &body, 400, "model");
+    assert_eq!(no_model["error"]["type"], "no_model");
+    let body = json!({"pseudo_queries": 5}).to_string();
     let no_model = server.refused("POST", "/collections/words/_tune", &body, 400, "model");
     assert_eq!(no_model["error"]["type"], "no_model");
     let manifest = server.ok("GET", "/collections/t", None);

@@ -164,10 +164,13 @@ impl DataDir {
 
     /// A hidden work folder for a passing copy of collection `name` (one a process makes and
     /// drops, such as the copy tuning runs on): removed when the guard is dropped, or by
-    /// [`DataDir::clear_debris`] if the process dies first.
+    /// [`DataDir::clear_debris`] if the process dies first. Each call gets its own folder, so
+    /// a service can tune one collection for two requests at once.
     pub fn scratch(&self, name: &str) -> Result<Scratch, IndexError> {
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         validate_name(name)?;
-        let path = self.hidden(name, "scratch");
+        let number = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.hidden(name, &format!("scratch{number}"));
         if path.exists() {
             crate::files::remove_dir(&path)?;
         }
@@ -224,6 +227,8 @@ fn debris_owner(folder: &str) -> Option<u32> {
     const WORK: [&str; 5] = ["creating", "deleting", "restoring", "replaced", "scratch"];
     let rest = folder.strip_prefix('.')?;
     let (what, pid) = rest.rsplit_once('.')?.1.rsplit_once('-')?;
+    // Scratch folders are numbered: `scratch0`, `scratch1`, ...
+    let what = what.trim_end_matches(|c: char| c.is_ascii_digit());
     WORK.contains(&what).then_some(())?;
     pid.parse().ok()
 }
@@ -1308,6 +1313,27 @@ mod tests {
         let reopened = data.open("docs").unwrap();
         assert_eq!(reopened.document_count(), 1);
         assert!(find(&reopened, "new1").is_none());
+    }
+
+    #[test]
+    fn each_scratch_folder_is_its_own_and_goes_when_dropped_or_as_debris() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = DataDir::new(dir.path());
+        let (first, second) =
+            (data_dir.scratch("docs").unwrap(), data_dir.scratch("docs").unwrap());
+        assert_ne!(first.path(), second.path());
+        assert!(first.path().is_dir() && second.path().is_dir());
+        let kept = first.path().to_path_buf();
+        drop(first);
+        assert!(!kept.exists() && second.path().is_dir());
+        // A running process's folder stays; a dead one's is debris.
+        assert_eq!(data_dir.clear_debris().unwrap(), 0);
+        let dead = dir.path().join(".docs.scratch7-4294967294");
+        std::fs::create_dir(&dead).unwrap();
+        assert_eq!(debris_owner(".docs.scratch7-4294967294"), Some(4294967294));
+        assert_eq!(debris_owner(".docs.scratchy-12"), None);
+        assert_eq!(data_dir.clear_debris().unwrap(), 1);
+        assert!(!dead.exists() && second.path().is_dir());
     }
 
     #[test]

@@ -110,6 +110,13 @@ pub fn tune_without_judgments(
     options: &TuneOptions,
     on_query: impl FnMut(),
 ) -> Result<Tuning, SearchError> {
+    for (param, value) in
+        [("pseudo_queries", settings.count), ("pseudo_query_words", settings.words)]
+    {
+        if value == 0 {
+            return Err(SearchError::InvalidTuning { param, message: "must be at least 1".into() });
+        }
+    }
     // Queries are embedded, and replaced documents too: only a model can.
     collection.encoder()?;
     let made = pseudo_queries(collection, settings)?;

@@ -7,13 +7,16 @@
 //! ```
 //!
 //! `requests` are as in `_rank_eval`; the other fields are `cloze tune`'s flags, with the same
-//! defaults. The answer is what `cloze tune --json` prints, byte for byte, with `took_ms` last.
+//! defaults. Without `requests`, it tunes on pseudo-queries made from the collection's own
+//! documents, as `cloze tune` without judgments does (`pseudo_queries`, `pseudo_query_words`,
+//! `keep_sentences`, `seed`), on a passing copy taken between two writes. The answer is what
+//! `cloze tune --json` prints, byte for byte, with `took_ms` last.
 
 use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use cloze_eval::Metric;
-use cloze_search::{tune, TuneOptions};
+use cloze_search::{tune, tune_without_judgments, PseudoQuerySettings, TuneOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
@@ -24,7 +27,13 @@ use crate::AppState;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TuneBody {
-    requests: Vec<JudgedRequest>,
+    /// Judged queries; without them, pseudo-queries.
+    requests: Option<Vec<JudgedRequest>>,
+    pseudo_queries: Option<usize>,
+    pseudo_query_words: Option<usize>,
+    #[serde(default)]
+    keep_sentences: bool,
+    seed: Option<u64>,
     metric: Option<String>,
     alphas: Option<Vec<f64>>,
     rrf_ks: Option<Vec<f64>>,
@@ -80,13 +89,45 @@ pub async fn tune_collection(
             "depths: {depth} is over the limit of {max} (max_hits)"
         )));
     }
-    let (queries, qrels) = judged(body.requests)?;
+    let judged = match body.requests {
+        Some(requests) => {
+            let pseudo = [
+                ("pseudo_queries", body.pseudo_queries.is_some()),
+                ("pseudo_query_words", body.pseudo_query_words.is_some()),
+                ("keep_sentences", body.keep_sentences),
+                ("seed", body.seed.is_some()),
+            ];
+            if let Some((field, _)) = pseudo.iter().find(|(_, given)| *given) {
+                return Err(ApiError::invalid(format!(
+                    "{field}: pseudo-queries are made only without requests"
+                )));
+            }
+            Some(judged(requests)?)
+        }
+        None => None,
+    };
+    let defaults = PseudoQuerySettings::default();
+    let pseudo = PseudoQuerySettings {
+        count: body.pseudo_queries.unwrap_or(defaults.count),
+        words: body.pseudo_query_words.unwrap_or(defaults.words),
+        keep_sentence: body.keep_sentences,
+        seed: body.seed.unwrap_or(defaults.seed),
+    };
     let save = body.save;
     let state = state.into_inner();
     let tuning = blocking(move || {
         let handle = state.registry.get(&name)?;
         let collection = handle.snapshot();
-        let mut tuning = tune(&collection, &queries, &qrels, &options, || {})?;
+        let mut tuning = match &judged {
+            Some((queries, qrels)) => tune(&collection, queries, qrels, &options, || {})?,
+            None => tune_without_judgments(
+                state.registry.data_dir(),
+                &collection,
+                &pseudo,
+                &options,
+                || {},
+            )?,
+        };
         if save {
             handle.write(|collection| tuning.save(collection))?;
         }
