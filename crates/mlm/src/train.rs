@@ -272,12 +272,11 @@ fn in_cloze_stage(settings: &TrainingSettings, step: u64) -> bool {
 /// The learning rate at `step` (0-based): linear warmup, then the schedule's decay to zero;
 /// with a cloze stage, once over its steps and once over the steps after it.
 pub fn learning_rate(settings: &TrainingSettings, step: u64) -> f64 {
-    let (step, steps) = if in_cloze_stage(settings, step) {
-        (step, settings.cloze_steps)
-    } else if settings.contrastive.is_some() && settings.cloze_steps > 0 {
-        (step - settings.cloze_steps, settings.max_steps.saturating_sub(settings.cloze_steps))
+    let stage = if settings.contrastive.is_some() { settings.cloze_steps } else { 0 };
+    let (step, steps) = if step < stage {
+        (step, stage)
     } else {
-        (step, settings.max_steps)
+        (step - stage, settings.max_steps.saturating_sub(stage))
     };
     let peak = settings.learning_rate;
     if step < settings.warmup_steps {
