@@ -75,6 +75,36 @@ pub fn load(
     rng: &mut ChaCha8Rng,
     device: &Device,
 ) -> Result<BertForMaskedLm, CheckpointError> {
+    let (config, tensors) = load_tensors(dir, device)?;
+    let path = dir.join(WEIGHTS_FILE);
+    BertForMaskedLm::build(&config, &tensors, rng, device)
+        .map_err(|source| CheckpointError::Tensor { path, source })
+}
+
+/// Loads a checkpoint that must have its MLM head, for what predicts words with it.
+pub(crate) fn load_masked_lm(
+    dir: &Path,
+    device: &Device,
+) -> Result<BertForMaskedLm, CheckpointError> {
+    let (config, tensors) = load_tensors(dir, device)?;
+    let path = dir.join(WEIGHTS_FILE);
+    if !tensors.contains_key("cls.predictions.transform.dense.weight") {
+        return Err(CheckpointError::Invalid {
+            path,
+            message: "no MLM head (cls.predictions.*): the model cannot predict words".to_string(),
+        });
+    }
+    // Every tensor is loaded, so the generator initialises nothing.
+    let mut rng = <ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+    BertForMaskedLm::build(&config, &tensors, &mut rng, device)
+        .map_err(|source| CheckpointError::Tensor { path, source })
+}
+
+/// A checkpoint's config and tensors, under Hugging Face's `BertForMaskedLM` names.
+fn load_tensors(
+    dir: &Path,
+    device: &Device,
+) -> Result<(BertConfig, HashMap<String, Tensor>), CheckpointError> {
     let config = load_config(dir)?;
     let path = dir.join(WEIGHTS_FILE);
     let tensor_error = |source| CheckpointError::Tensor { path: path.clone(), source };
@@ -96,5 +126,5 @@ pub fn load(
             message: "no BERT word embeddings (bert.embeddings.word_embeddings.weight)".to_string(),
         });
     }
-    BertForMaskedLm::build(&config, &tensors, rng, device).map_err(tensor_error)
+    Ok((config, tensors))
 }

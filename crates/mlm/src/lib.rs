@@ -2,7 +2,8 @@
 //!
 //! [`BertForMaskedLm`] is a BERT encoder with its MLM head in Hugging Face's layout; [`train`]
 //! trains it on a user's text with the cloze objective (and, optionally, contrastive steps) and
-//! writes a checkpoint that [`Embedder`] loads to embed documents and queries.
+//! writes a checkpoint that [`Embedder`] loads to embed documents and queries, and whose MLM head
+//! [`Expander`] reads to predict the words a document leaves out.
 
 pub mod allocator;
 mod checkpoint;
@@ -11,6 +12,7 @@ mod contrastive;
 pub mod cpu;
 mod data;
 mod embed;
+mod expand;
 mod kernels;
 mod masking;
 mod model;
@@ -22,6 +24,7 @@ pub use checkpoint::{load, save, CheckpointError, WEIGHTS_FILE};
 pub use config::BertConfig;
 pub use contrastive::ContrastiveSettings;
 pub use embed::{EmbedError, Embedder, Pooling, DEFAULT_BATCH_SIZE, TOKEN_WEIGHTS_FILE};
+pub use expand::{Expander, ExpansionTerm};
 pub use model::BertForMaskedLm;
 pub use tokenizer::{load_tokenizer, save_tokenizer, train_wordpiece, TokenizerError};
 pub use train::{
