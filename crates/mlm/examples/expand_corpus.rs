@@ -28,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 expansion.into_iter().map(|t| (t.term, t.weight)).collect();
             writeln!(out, "{}", serde_json::json!({"_id": id, "terms": terms}))?;
         }
-        let done = (done * CHUNK + chunk.len()).min(documents.len());
+        let done = done * CHUNK + chunk.len();
         eprintln!("{done} of {} documents in {:.0?}", documents.len(), started.elapsed());
     }
     Ok(())

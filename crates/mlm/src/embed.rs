@@ -283,9 +283,6 @@ impl Embedder {
         length: usize,
         overlap: usize,
     ) -> Result<Vec<Vec<Vec<f32>>>, EmbedError> {
-        // Room for [CLS] and [SEP] in each window, and at least one new token per window.
-        let width = length.min(self.max_len).saturating_sub(2).max(1);
-        let step = width.saturating_sub(overlap).max(1);
         let mut untruncated = self.tokenizer.clone();
         untruncated.with_truncation(None).map_err(|e| EmbedError::Tokenize(e.to_string()))?;
         let encodings = untruncated
@@ -294,23 +291,10 @@ impl Embedder {
         let mut sequences = Vec::new();
         let mut windows_per_text = Vec::with_capacity(texts.len());
         for encoding in &encodings {
-            let tokens = encoding.get_ids();
-            let mut start = 0;
-            let mut windows = 0;
-            loop {
-                let end = (start + width).min(tokens.len());
-                let mut sequence = Vec::with_capacity(end - start + 2);
-                sequence.push(self.special.cls);
-                sequence.extend_from_slice(&tokens[start..end]);
-                sequence.push(self.special.sep);
-                sequences.push(sequence);
-                windows += 1;
-                if end == tokens.len() {
-                    break;
-                }
-                start += step;
-            }
-            windows_per_text.push(windows);
+            let windows =
+                token_windows(encoding.get_ids(), length.min(self.max_len), overlap, self.special);
+            windows_per_text.push(windows.len());
+            sequences.extend(windows);
         }
         let mut vectors = self.embed_sequences(sequences, &|_| {})?.into_iter();
         Ok(windows_per_text.into_iter().map(|n| vectors.by_ref().take(n).collect()).collect())
@@ -478,6 +462,33 @@ fn weighted_mean_pool(hidden: &Tensor, weights: &Tensor) -> candle_core::Result<
 
 /// Token sequences as one batch padded to the longest: `input_ids` and `attention_mask`
 /// (1 for tokens, 0 for padding), both `[batch, length]`.
+/// The windows a text's tokens are read in: at most `length` tokens each, [CLS] and [SEP]
+/// included, each overlapping the one before by `overlap` tokens and adding at least one; a
+/// text with no tokens is one window of [CLS] and [SEP].
+pub(crate) fn token_windows(
+    tokens: &[u32],
+    length: usize,
+    overlap: usize,
+    special: SpecialIds,
+) -> Vec<Vec<u32>> {
+    let width = length.saturating_sub(2).max(1);
+    let step = width.saturating_sub(overlap).max(1);
+    let mut windows = Vec::new();
+    let mut start = 0;
+    loop {
+        let end = (start + width).min(tokens.len());
+        let mut window = Vec::with_capacity(end - start + 2);
+        window.push(special.cls);
+        window.extend_from_slice(&tokens[start..end]);
+        window.push(special.sep);
+        windows.push(window);
+        if end == tokens.len() {
+            return windows;
+        }
+        start += step;
+    }
+}
+
 pub(crate) fn pad_batch<S: AsRef<[u32]>>(
     sequences: &[S],
     pad: u32,

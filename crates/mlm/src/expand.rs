@@ -16,7 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use tokenizers::Tokenizer;
 
 use crate::checkpoint;
-use crate::embed::{pad_batch, EmbedError};
+use crate::embed::{pad_batch, token_windows, EmbedError};
 use crate::model::BertForMaskedLm;
 use crate::tokenizer::{self, SpecialIds};
 
@@ -72,23 +72,21 @@ impl Expander {
         terms: usize,
         window: usize,
     ) -> Result<Vec<Vec<ExpansionTerm>>, EmbedError> {
-        let limit = self.model.config().max_position_embeddings;
-        let width = window.min(limit).saturating_sub(2).max(1);
+        let length = window.min(self.model.config().max_position_embeddings);
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), false)
             .map_err(|e| EmbedError::Tokenize(e.to_string()))?;
         // Every window of every text, and the text it belongs to.
-        let mut windows: Vec<(usize, Vec<u32>)> = Vec::new();
-        for (text, encoding) in encodings.iter().enumerate() {
-            for piece in encoding.get_ids().chunks(width) {
-                let mut sequence = Vec::with_capacity(piece.len() + 2);
-                sequence.push(self.special.cls);
-                sequence.extend_from_slice(piece);
-                sequence.push(self.special.sep);
-                windows.push((text, sequence));
-            }
-        }
+        let windows: Vec<(usize, Vec<u32>)> = encodings
+            .iter()
+            .enumerate()
+            .flat_map(|(text, encoding)| {
+                token_windows(encoding.get_ids(), length, 0, self.special)
+                    .into_iter()
+                    .map(move |window| (text, window))
+            })
+            .collect();
         let vocab_size = self.is_word.len();
         let mut expected = vec![vec![0f32; vocab_size]; texts.len()];
         for batch in windows.chunks(WINDOWS_PER_BATCH) {
@@ -131,21 +129,30 @@ impl Expander {
     fn expected_counts(&self, sequences: &[&[u32]]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let (ids, mask) = pad_batch(sequences, self.special.pad, &self.device)?;
         let (batch, length) = ids.dims2()?;
-        let hidden = self.model.encode(&ids, &mask, None)?;
-        let hidden = hidden.reshape((batch * length, ()))?;
-        let logits = self.model.mlm_logits(&hidden)?;
-        let probabilities = candle_nn::ops::softmax_last_dim(&logits)?;
-        let mut counted = vec![0f32; batch * length];
-        for (row, sequence) in sequences.iter().enumerate() {
-            for position in 1..sequence.len().saturating_sub(1) {
-                counted[row * length + position] = 1.0;
-            }
+        // The head, a product with the whole vocabulary, is most of the work: it reads only
+        // the rows of words, not [CLS], [SEP] or padding.
+        let rows: Vec<(usize, u32)> = sequences
+            .iter()
+            .enumerate()
+            .flat_map(|(sequence, tokens)| {
+                (1..tokens.len().saturating_sub(1))
+                    .map(move |position| (sequence, (sequence * length + position) as u32))
+            })
+            .collect();
+        if rows.is_empty() {
+            return Ok(vec![vec![0.0; self.is_word.len()]; batch]);
         }
-        // A product with the counted positions rather than a sum over the middle axis, which
-        // candle's CPU backend walks element by element.
-        let counted = Tensor::from_vec(counted, (batch, 1, length), &self.device)?;
-        let probabilities = probabilities.reshape((batch, length, ()))?;
-        let sums = counted.matmul(&probabilities)?.squeeze(1)?;
-        Ok(sums.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+        let hidden = self.model.encode(&ids, &mask, None)?.reshape((batch * length, ()))?;
+        let read = Tensor::from_iter(rows.iter().map(|&(_, row)| row), &self.device)?;
+        let logits = self.model.mlm_logits(&hidden.index_select(&read, 0)?)?;
+        let probabilities = candle_nn::ops::softmax_last_dim(&logits)?;
+        // Each sequence's rows summed by a product with a matrix of ones where they are its
+        // own: candle's CPU sums walk element by element, far slower.
+        let mut owned = vec![0f32; batch * rows.len()];
+        for (column, &(sequence, _)) in rows.iter().enumerate() {
+            owned[sequence * rows.len() + column] = 1.0;
+        }
+        let owned = Tensor::from_vec(owned, (batch, rows.len()), &self.device)?;
+        Ok(owned.matmul(&probabilities)?.to_dtype(DType::F32)?.to_vec2::<f32>()?)
     }
 }
