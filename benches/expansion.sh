@@ -71,17 +71,7 @@ with open(out, "w", encoding="utf-8") as lines:
 PY
 }
 
-reference() {
-    if python3 -c 'import pytrec_eval' 2>/dev/null; then
-        python3 crates/cloze/tests/pytrec_reference.py "$1" "$2" | python3 -c '
-import json, sys
-qrels, scores = sys.argv[1], json.load(sys.stdin)
-queries = {l.split()[0] for n, l in enumerate(open(qrels)) if l.strip() and not (n == 0 and not l.split()[-1].isdigit())}
-print("%.4f" % (sum(scores.get(q, {}).get("ndcg@10", 0.0) for q in queries) / len(queries)))' "$1"
-    else
-        echo "-"
-    fi
-}
+. benches/reference.sh
 
 printf '%-16s %-10s %-6s %-8s %s\n' setting collection split ndcg@10 pytrec_eval
 for setting in plain "${settings[@]}"; do

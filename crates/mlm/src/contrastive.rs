@@ -30,6 +30,10 @@ pub struct ContrastiveSettings {
     pub max_crop: f64,
     /// Documents shorter than this many tokens are not used (too little to crop twice).
     pub min_tokens: usize,
+    /// Share of each batch's documents drawn as the lexical nearest neighbour of another
+    /// document of the batch ([`crate::neighbours`]) rather than at random: harder negatives.
+    #[serde(default)]
+    pub neighbour_share: f64,
 }
 
 impl ContrastiveSettings {
@@ -52,8 +56,50 @@ impl ContrastiveSettings {
         if self.min_tokens < 2 {
             return Err("training.contrastive.min_tokens must be at least 2".into());
         }
+        if !(0.0..=0.5).contains(&self.neighbour_share) {
+            return Err(format!(
+                "training.contrastive.neighbour_share must be between 0 and 0.5 (each neighbour \
+                 needs a document drawn at random beside it), found {}",
+                self.neighbour_share
+            ));
+        }
         Ok(())
     }
+}
+
+/// The documents of one batch: `batch_size` distinct indices below `count` (a document twice in
+/// a batch would be its own negative). With `neighbours`, each document drawn at random brings
+/// its neighbour along until `neighbour_share` of the batch are neighbours.
+pub fn draw_batch(
+    count: usize,
+    settings: &ContrastiveSettings,
+    neighbours: Option<&[Option<usize>]>,
+    rng: &mut ChaCha8Rng,
+) -> Vec<usize> {
+    let neighbours = match neighbours {
+        Some(neighbours) if settings.neighbour_share > 0.0 => neighbours,
+        _ => return rand::seq::index::sample(rng, count, settings.batch_size).into_vec(),
+    };
+    let wanted = (settings.batch_size as f64 * settings.neighbour_share).round() as usize;
+    let mut drawn = Vec::with_capacity(settings.batch_size);
+    let mut taken = std::collections::HashSet::with_capacity(settings.batch_size);
+    let mut paired = 0;
+    while drawn.len() < settings.batch_size {
+        let pick = rng.random_range(0..count);
+        if !taken.insert(pick) {
+            continue;
+        }
+        drawn.push(pick);
+        if paired < wanted && drawn.len() < settings.batch_size {
+            if let Some(neighbour) = neighbours[pick] {
+                if taken.insert(neighbour) {
+                    drawn.push(neighbour);
+                    paired += 1;
+                }
+            }
+        }
+    }
+    drawn
 }
 
 /// Two crops of each of a batch's documents: rows `0..n` are the first crops, `n..2n` the
@@ -136,7 +182,30 @@ mod tests {
             min_crop: 0.3,
             max_crop: 0.6,
             min_tokens: 4,
+            neighbour_share: 0.0,
         }
+    }
+
+    #[test]
+    fn batches_bring_neighbours_along_up_to_their_share() {
+        // Documents pair up: 2k and 2k + 1 are each other's neighbours.
+        let neighbours: Vec<Option<usize>> = (0..100).map(|d| Some(d ^ 1)).collect();
+        let mut settings = settings();
+        settings.batch_size = 20;
+        settings.neighbour_share = 0.5;
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for _ in 0..50 {
+            let batch = draw_batch(100, &settings, Some(&neighbours), &mut rng);
+            assert_eq!(batch.len(), 20);
+            let distinct: std::collections::HashSet<_> = batch.iter().collect();
+            assert_eq!(distinct.len(), 20, "{batch:?}");
+            let pairs = batch.chunks(2).filter(|p| p.len() == 2 && p[1] == p[0] ^ 1).count();
+            assert_eq!(pairs, 10, "{batch:?}");
+        }
+        settings.neighbour_share = 0.25;
+        let batch = draw_batch(100, &settings, Some(&neighbours), &mut rng);
+        let together = batch.iter().filter(|d| batch.contains(&(**d ^ 1))).count();
+        assert!((10..=14).contains(&together), "5 pairs, and chance: {batch:?}");
     }
 
     fn special() -> SpecialIds {

@@ -16,6 +16,7 @@ mod expand;
 mod kernels;
 mod masking;
 mod model;
+mod neighbours;
 mod optim;
 mod tokenizer;
 mod train;

@@ -38,6 +38,9 @@ const METRICS_FILE: &str = "metrics.jsonl";
 const STATE_FILE: &str = "trainer_state.json";
 const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const CHECKPOINTS_DIR: &str = "checkpoints";
+/// Tokens of a document (its highest tf-idf) that query for its lexical neighbour: enough to
+/// say what it is about, few enough to find neighbours for every document in seconds.
+const NEIGHBOUR_QUERY_TOKENS: usize = 24;
 /// Checkpoints kept on disk besides the final model; older ones are removed.
 const CHECKPOINTS_KEPT: usize = 2;
 
@@ -397,6 +400,26 @@ pub fn train(
         }
         None => Vec::new(),
     };
+    let neighbours = match &settings.contrastive {
+        Some(contrastive) if contrastive.neighbour_share > 0.0 => {
+            let started = Instant::now();
+            let idf = crate::embed::inverse_document_frequencies(
+                &documents,
+                tokenizer.get_vocab_size(true),
+                &special.all(),
+            );
+            let neighbours =
+                crate::neighbours::lexical_neighbours(&documents, &idf, NEIGHBOUR_QUERY_TOKENS);
+            tracing::info!(
+                documents = documents.len(),
+                with_neighbour = neighbours.iter().flatten().count(),
+                seconds = started.elapsed().as_secs_f64(),
+                "found each document's lexical neighbour for hard negatives"
+            );
+            Some(neighbours)
+        }
+        _ => None,
+    };
     let mut valid = data::pack(
         &data::tokenize(&tokenizer, &valid_texts)?,
         settings.packing,
@@ -473,11 +496,11 @@ pub fn train(
                 loss = (loss + (cloze * mlm_weight)?)?;
             }
             if let Some(contrastive) = contrastive {
-                // Distinct documents: a document twice in a batch would be its own negative.
-                let picks: Vec<&[u32]> = rand::seq::index::sample(
-                    &mut state.rng,
+                let picks: Vec<&[u32]> = contrastive::draw_batch(
                     documents.len(),
-                    contrastive.batch_size,
+                    contrastive,
+                    neighbours.as_deref(),
+                    &mut state.rng,
                 )
                 .into_iter()
                 .map(|i| documents[i].as_slice())

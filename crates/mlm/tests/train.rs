@@ -41,6 +41,19 @@ fn a_contrastive_run_logs_its_pair_loss_and_resumes_exactly() {
     stop_and_resume(&options(&config, &corpus, &interrupted), 3);
     assert_eq!(losses(&interrupted), losses(&straight));
 
+    // Batches that pair lexical neighbours draw other documents, and resume as exactly.
+    let mut paired = config.clone();
+    paired.training.contrastive.as_mut().unwrap().neighbour_share = 0.5;
+    let paired_straight = dir.path().join("paired-straight");
+    train(&options(&paired, &corpus, &paired_straight), &mut |_| {}).unwrap();
+    assert_ne!(losses(&paired_straight), losses(&straight));
+    let paired_interrupted = dir.path().join("paired-interrupted");
+    stop_and_resume(&options(&paired, &corpus, &paired_interrupted), 3);
+    assert_eq!(losses(&paired_interrupted), losses(&paired_straight));
+    paired.training.contrastive.as_mut().unwrap().neighbour_share = 0.7;
+    let error = paired.validate().unwrap_err();
+    assert!(error.contains("training.contrastive.neighbour_share"), "{error}");
+
     let mut starved = config.clone();
     starved.training.contrastive.as_mut().unwrap().min_tokens = 1000;
     let error =
@@ -147,6 +160,7 @@ fn small_contrastive() -> cloze_mlm::ContrastiveSettings {
         min_crop: 0.3,
         max_crop: 0.7,
         min_tokens: 8,
+        neighbour_share: 0.0,
     }
 }
 
