@@ -7,7 +7,8 @@
 # eval` on its test judgments (nDCG@10): keyword, semantic, and hybrid twice: with the fusion
 # `cloze tune` chooses on SciFact's training judgments (the others have none, so they get
 # SciFact's choice), and with the fusion `cloze tune --save` chooses on the collection's own
-# pseudo-queries, no judgments at all. pytrec_eval (where installed) scores every run beside.
+# pseudo-queries, no judgments at all (with the flags in $CLOZE_TUNE_FLAGS, e.g.
+# "--pseudo-query-words 6"). pytrec_eval (where installed) scores every run beside.
 # Indexes are kept under target/encoder/; the shared data comes from $CLOZE_TEST_DATA
 # (default ../shared/data).
 set -euo pipefail
@@ -68,7 +69,8 @@ for collection in "${collections[@]}"; do
     semantic=$(score "$collection" --mode semantic)
     # shellcheck disable=SC2086 # the flags are words
     hybrid_judged=$(score "$collection" --mode hybrid $judged)
-    pseudo=$(cloze tune --collection "$collection" --save --json 2>/dev/null |
+    # shellcheck disable=SC2086 # the flags are words
+    pseudo=$(cloze tune --collection "$collection" --save --json ${CLOZE_TUNE_FLAGS:-} 2>/dev/null |
         tee "$work/tune-$collection-pseudo.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["chosen"])')
     hybrid_pseudo=$(score "$collection" --mode hybrid)
     printf '%-10s %-15s %-15s %-15s %-15s %s\n' "$collection" "${keyword// //}" \
