@@ -16,7 +16,8 @@ cd "$(dirname "$0")/.."
 model=$(realpath "${1:?usage: benches/encoder.sh MODEL_DIR [INDEX FLAGS ...]}")
 shift
 data=$(realpath "${CLOZE_TEST_DATA:-../shared/data}")
-work=$PWD/target/encoder/$(basename "$model")
+# One folder per model and index flags, so that runs of both layouts are kept side by side.
+work=$PWD/target/encoder/$(basename "$model")$(printf '%s' "${*:+ $*}" | tr -cs 'A-Za-z0-9' '-')
 collections=(scifact cranfield cisi cacm npl)
 cargo build --release --quiet --bin cloze
 cloze() { target/release/cloze --data-dir "$work/index" "$@"; }

@@ -460,8 +460,6 @@ fn weighted_mean_pool(hidden: &Tensor, weights: &Tensor) -> candle_core::Result<
     sum.broadcast_div(&weights.sum(1)?.clamp(1e-9, f64::MAX)?)
 }
 
-/// Token sequences as one batch padded to the longest: `input_ids` and `attention_mask`
-/// (1 for tokens, 0 for padding), both `[batch, length]`.
 /// The windows a text's tokens are read in: at most `length` tokens each, [CLS] and [SEP]
 /// included, each overlapping the one before by `overlap` tokens and adding at least one; a
 /// text with no tokens is one window of [CLS] and [SEP].
@@ -489,6 +487,8 @@ pub(crate) fn token_windows(
     }
 }
 
+/// Token sequences as one batch padded to the longest: `input_ids` and `attention_mask`
+/// (1 for tokens, 0 for padding), both `[batch, length]`.
 pub(crate) fn pad_batch<S: AsRef<[u32]>>(
     sequences: &[S],
     pad: u32,
