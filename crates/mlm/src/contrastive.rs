@@ -34,6 +34,17 @@ pub struct ContrastiveSettings {
     /// document of the batch ([`crate::neighbours`]) rather than at random: harder negatives.
     #[serde(default)]
     pub neighbour_share: f64,
+    /// Weight of the bottleneck loss ([`crate::bottleneck`]): a one-layer decoder rebuilds each
+    /// first crop from its vector. 0: no decoder.
+    #[serde(default)]
+    pub bottleneck_weight: f64,
+    /// Share of each crop's tokens the decoder has to rebuild.
+    #[serde(default = "default_bottleneck_mask_rate")]
+    pub bottleneck_mask_rate: f64,
+}
+
+fn default_bottleneck_mask_rate() -> f64 {
+    0.5
 }
 
 impl ContrastiveSettings {
@@ -61,6 +72,18 @@ impl ContrastiveSettings {
                 "training.contrastive.neighbour_share must be between 0 and 0.5 (each neighbour \
                  needs a document drawn at random beside it), found {}",
                 self.neighbour_share
+            ));
+        }
+        if !(self.bottleneck_weight >= 0.0 && self.bottleneck_weight.is_finite()) {
+            return Err(format!(
+                "training.contrastive.bottleneck_weight must be 0 or more, found {}",
+                self.bottleneck_weight
+            ));
+        }
+        if !(self.bottleneck_mask_rate > 0.0 && self.bottleneck_mask_rate < 1.0) {
+            return Err(format!(
+                "training.contrastive.bottleneck_mask_rate must be between 0 and 1, found {}",
+                self.bottleneck_mask_rate
             ));
         }
         Ok(())
@@ -111,6 +134,8 @@ pub struct CropBatch {
     pub pairs: usize,
     /// Tokens in the crops, padding excluded.
     pub tokens: usize,
+    /// The crops' token ids, `[CLS]` and `[SEP]` included, unpadded, in the rows' order.
+    pub crops: Vec<Vec<u32>>,
 }
 
 /// Crops two random spans from each document of `documents` (token ids without special
@@ -139,27 +164,29 @@ pub fn crop_pairs(
     }
     let tokens = crops.iter().map(Vec::len).sum();
     let (input_ids, attention_mask) = pad_batch(&crops, special.pad, device)?;
-    Ok(CropBatch { input_ids, attention_mask, pairs: documents.len(), tokens })
+    Ok(CropBatch { input_ids, attention_mask, pairs: documents.len(), tokens, crops })
 }
 
 /// InfoNCE over the batch, both ways: each first crop must pick its own second crop among all
 /// second crops (cosine similarity over `temperature`), and the other way round. Dropout is on
-/// when a generator is given.
+/// when a generator is given. Returns the loss and the crops' mean-pooled vectors
+/// (`[2 * pairs, hidden]`, before normalising), for a loss that trains them further.
 pub fn contrastive_loss(
     model: &BertForMaskedLm,
     batch: &CropBatch,
     temperature: f64,
     rng: Option<&mut ChaCha8Rng>,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Tensor)> {
     let hidden = model.encode(&batch.input_ids, &batch.attention_mask, rng)?;
-    let unit = unit_length(&mean_pool(&hidden, &batch.attention_mask)?)?;
+    let vectors = mean_pool(&hidden, &batch.attention_mask)?;
+    let unit = unit_length(&vectors)?;
     let n = batch.pairs;
     let (first, second) = (unit.narrow(0, 0, n)?, unit.narrow(0, n, n)?);
     let similarities = (first.matmul(&second.t()?)? / temperature)?;
     let labels = Tensor::arange(0u32, n as u32, similarities.device())?;
     let forward = crate::kernels::cross_entropy(&similarities, &labels)?;
     let backward = crate::kernels::cross_entropy(&similarities.t()?.contiguous()?, &labels)?;
-    (forward + backward)? / 2.0
+    Ok((((forward + backward)? / 2.0)?, vectors))
 }
 
 /// The documents long enough to crop twice.
@@ -183,6 +210,8 @@ mod tests {
             max_crop: 0.6,
             min_tokens: 4,
             neighbour_share: 0.0,
+            bottleneck_weight: 0.0,
+            bottleneck_mask_rate: 0.5,
         }
     }
 
@@ -249,7 +278,7 @@ mod tests {
             (0..4).map(|d| (0..20).map(|t| (d * 11 + t * 3) % 50 + 5).collect()).collect();
         let refs: Vec<&[u32]> = documents.iter().map(Vec::as_slice).collect();
         let batch = crop_pairs(&refs, &settings(), 24, special(), &mut rng, &Device::Cpu).unwrap();
-        let loss = contrastive_loss(&model, &batch, 0.05, Some(&mut rng)).unwrap();
+        let (loss, _) = contrastive_loss(&model, &batch, 0.05, Some(&mut rng)).unwrap();
         assert!(loss.to_scalar::<f32>().unwrap() > 0.0);
         let gradients = loss.backward().unwrap();
         for (name, var) in model.parameters().iter() {

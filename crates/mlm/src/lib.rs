@@ -6,6 +6,7 @@
 //! [`Expander`] reads to predict the words a document leaves out.
 
 pub mod allocator;
+mod bottleneck;
 mod checkpoint;
 mod config;
 mod contrastive;

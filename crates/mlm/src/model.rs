@@ -232,8 +232,7 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(source: &mut ParameterSource, index: usize, config: &BertConfig) -> Result<Layer> {
-        let prefix = format!("bert.encoder.layer.{index}");
+    fn new(source: &mut ParameterSource, prefix: &str, config: &BertConfig) -> Result<Layer> {
         let (hidden, inner) = (config.hidden_size, config.intermediate_size);
         Ok(Layer {
             query: Linear::new(
@@ -321,12 +320,19 @@ struct MlmHead {
     bias: Tensor,
 }
 
+/// Where the bottleneck decoder's tensors live in a checkpoint: under `cls.`, beside the MLM
+/// head, so loaders of the encoder alone (`BertModel`, sentence-transformers) skip them.
+const BOTTLENECK_PREFIX: &str = "cls.bottleneck.layer";
+
 /// A BERT encoder with its masked-language-model head.
 pub struct BertForMaskedLm {
     config: BertConfig,
     embeddings: Embeddings,
     layers: Vec<Layer>,
     head: MlmHead,
+    /// A one-layer decoder that rebuilds a text from its pooled vector ([`crate::bottleneck`]);
+    /// only models trained with that loss have one.
+    bottleneck: Option<Layer>,
     parameters: Parameters,
 }
 
@@ -345,7 +351,7 @@ impl BertForMaskedLm {
         let mut source = ParameterSource { loaded, rng, device, parameters: Parameters::default() };
         let embeddings = Embeddings::new(&mut source, config)?;
         let layers = (0..config.num_hidden_layers)
-            .map(|i| Layer::new(&mut source, i, config))
+            .map(|i| Layer::new(&mut source, &format!("bert.encoder.layer.{i}"), config))
             .collect::<Result<_>>()?;
         let hidden = config.hidden_size;
         let head = MlmHead {
@@ -359,13 +365,39 @@ impl BertForMaskedLm {
             norm: LayerNorm::new(&mut source, "cls.predictions.transform.LayerNorm", config)?,
             bias: source.get("cls.predictions.bias", &[config.vocab_size], Init::Zeros)?,
         };
+        let has_bottleneck =
+            loaded.contains_key(&format!("{BOTTLENECK_PREFIX}.output.dense.weight"));
+        let bottleneck = match has_bottleneck {
+            true => Some(Layer::new(&mut source, BOTTLENECK_PREFIX, config)?),
+            false => None,
+        };
         Ok(BertForMaskedLm {
             config: config.clone(),
             embeddings,
             layers,
             head,
+            bottleneck,
             parameters: source.parameters,
         })
+    }
+
+    /// Gives the model a freshly initialised bottleneck decoder, unless it has one (a resumed
+    /// run's checkpoint brings its own).
+    pub(crate) fn add_bottleneck_decoder(&mut self, rng: &mut ChaCha8Rng) -> Result<()> {
+        if self.bottleneck.is_some() {
+            return Ok(());
+        }
+        let device = self.embeddings.word.device().clone();
+        let loaded = HashMap::new();
+        let mut source = ParameterSource {
+            loaded: &loaded,
+            rng,
+            device: &device,
+            parameters: Parameters::default(),
+        };
+        self.bottleneck = Some(Layer::new(&mut source, BOTTLENECK_PREFIX, &self.config)?);
+        self.parameters.vars.extend(source.parameters.vars);
+        Ok(())
     }
 
     /// A freshly initialised model, the same for the same seed.
@@ -394,16 +426,14 @@ impl BertForMaskedLm {
         attention_mask: &Tensor,
         mut rng: Option<&mut ChaCha8Rng>,
     ) -> Result<Tensor> {
-        let (batch, length) = input_ids.dims2()?;
+        let length = input_ids.dim(1)?;
         if length > self.config.max_position_embeddings {
             candle_core::bail!(
                 "sequence of {length} tokens is longer than max_position_embeddings ({})",
                 self.config.max_position_embeddings
             );
         }
-        // Masked keys get the lowest float added to their scores, as Hugging Face does.
-        let mask = attention_mask.to_dtype(DType::F32)?.reshape((batch, 1, 1, length))?;
-        let attention_bias = ((1.0 - mask)? * f64::from(f32::MIN))?;
+        let attention_bias = attention_bias(attention_mask)?;
         let mut xs = dropout(
             &self.embeddings.forward(input_ids)?,
             self.config.hidden_dropout_prob,
@@ -415,10 +445,38 @@ impl BertForMaskedLm {
         Ok(xs)
     }
 
+    /// The bottleneck decoder's vectors `[batch, length, hidden]` for `input_ids` (masked
+    /// texts, `[CLS]` first) when it sees each text's `vectors` (`[batch, hidden]`) in place of
+    /// its `[CLS]` embedding. Fails on a model without a decoder.
+    pub(crate) fn decode_from_vectors(
+        &self,
+        vectors: &Tensor,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        mut rng: Option<&mut ChaCha8Rng>,
+    ) -> Result<Tensor> {
+        let Some(decoder) = &self.bottleneck else {
+            candle_core::bail!("the model has no bottleneck decoder")
+        };
+        let (batch, length) = input_ids.dims2()?;
+        let words = self.embeddings.forward(input_ids)?.narrow(1, 1, length - 1)?;
+        let xs = Tensor::cat(&[&vectors.reshape((batch, 1, ()))?, &words], 1)?;
+        let xs = dropout(&xs, self.config.hidden_dropout_prob, rng.as_deref_mut())?;
+        decoder.forward(&xs, &attention_bias(attention_mask)?, &self.config, rng)
+    }
+
     /// Vocabulary logits `[n, vocab]` for hidden vectors `[n, hidden]`.
     pub fn mlm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         let transformed =
             self.head.norm.forward(&kernels::gelu(&self.head.transform.forward(hidden)?)?)?;
         kernels::linear(&transformed, &self.embeddings.word, &self.head.bias)
     }
+}
+
+/// What attention adds to its scores for `attention_mask` (`[batch, length]`, 1 or 0): masked
+/// keys get the lowest float, as Hugging Face does.
+fn attention_bias(attention_mask: &Tensor) -> Result<Tensor> {
+    let (batch, length) = attention_mask.dims2()?;
+    let mask = attention_mask.to_dtype(DType::F32)?.reshape((batch, 1, 1, length))?;
+    (1.0 - mask)? * f64::from(f32::MIN)
 }

@@ -24,6 +24,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+use crate::bottleneck::bottleneck_loss;
 use crate::checkpoint::{self, CheckpointError};
 use crate::config::BertConfig;
 use crate::contrastive::{self, contrastive_loss, crop_pairs, ContrastiveSettings};
@@ -432,7 +433,7 @@ pub fn train(
     }
 
     let latest = if options.resume { latest_checkpoint(out)? } else { None };
-    let model = build_model(options, &config, &tokenizer, latest.as_deref())?;
+    let mut model = build_model(options, &config, &tokenizer, latest.as_deref())?;
     let vocab_size = tokenizer.get_vocab_size(true);
     if model.config().vocab_size < vocab_size {
         return Err(TrainError::Invalid(format!(
@@ -446,6 +447,10 @@ pub fn train(
             settings.max_len,
             model.config().max_position_embeddings
         )));
+    }
+    if settings.contrastive.as_ref().is_some_and(|c| c.bottleneck_weight > 0.0) {
+        // Its own generator, so adding a decoder leaves the encoder's initialisation as it was.
+        model.add_bottleneck_decoder(&mut ChaCha8Rng::seed_from_u64(settings.seed ^ 0xdec0de))?;
     }
     let mut optimizer = AdamW::new(
         model.parameters(),
@@ -464,6 +469,12 @@ pub fn train(
 
     let masker =
         Masker::for_tokenizer(&tokenizer, settings.mask_rate, settings.whole_word_masking)?;
+    let bottleneck_masker = match &settings.contrastive {
+        Some(contrastive) if contrastive.bottleneck_weight > 0.0 => {
+            Some(Masker { rate: contrastive.bottleneck_mask_rate, ..masker.clone() })
+        }
+        _ => None,
+    };
     on_event(&Event::Ready {
         train_sequences: train.len(),
         valid_sequences: valid.len(),
@@ -480,6 +491,7 @@ pub fn train(
         let mut gradients: Option<Vec<Tensor>> = None;
         let mut loss_sum = 0.0;
         let mut contrastive_sum = 0.0;
+        let mut bottleneck_sum = 0.0;
         let mut tokens = 0;
         let (mlm_weight, contrastive) = if in_cloze_stage(settings, state.step) {
             (1.0, None)
@@ -513,7 +525,7 @@ pub fn train(
                     &mut state.rng,
                     device,
                 )?;
-                let pairs_loss = contrastive_loss(
+                let (pairs_loss, vectors) = contrastive_loss(
                     &model,
                     &crops,
                     contrastive.temperature,
@@ -522,6 +534,19 @@ pub fn train(
                 tokens += crops.tokens;
                 contrastive_sum += f64::from(pairs_loss.to_scalar::<f32>()?);
                 loss = (loss + (pairs_loss * contrastive.weight)?)?;
+                if let Some(masker) = &bottleneck_masker {
+                    // The first crops suffice: the second are the same documents.
+                    let first = &crops.crops[..crops.pairs];
+                    let masked = masker.mask_batch(first, &mut state.rng, device)?;
+                    let rebuilt = bottleneck_loss(
+                        &model,
+                        &vectors.narrow(0, 0, crops.pairs)?,
+                        &masked,
+                        Some(&mut state.rng),
+                    )?;
+                    bottleneck_sum += f64::from(rebuilt.to_scalar::<f32>()?);
+                    loss = (loss + (rebuilt * contrastive.bottleneck_weight)?)?;
+                }
             }
             loss_sum += f64::from(loss.to_scalar::<f32>()?);
             let scaled = (loss / settings.gradient_accumulation as f64)?;
@@ -552,6 +577,10 @@ pub fn train(
         if contrastive.is_some() {
             record["contrastive_loss"] =
                 serde_json::json!(contrastive_sum / settings.gradient_accumulation as f64);
+        }
+        if contrastive.is_some() && bottleneck_masker.is_some() {
+            record["bottleneck_loss"] =
+                serde_json::json!(bottleneck_sum / settings.gradient_accumulation as f64);
         }
         write_metric(&mut metrics, out, &record)?;
         on_event(&Event::Step {

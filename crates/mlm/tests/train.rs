@@ -54,6 +54,26 @@ fn a_contrastive_run_logs_its_pair_loss_and_resumes_exactly() {
     let error = paired.validate().unwrap_err();
     assert!(error.contains("training.contrastive.neighbour_share"), "{error}");
 
+    // A bottleneck decoder adds its loss, is saved with the checkpoints, and resumes as exactly;
+    // the written model still embeds.
+    let mut rebuilt = config.clone();
+    rebuilt.training.contrastive.as_mut().unwrap().bottleneck_weight = 0.5;
+    let rebuilt_straight = dir.path().join("rebuilt-straight");
+    train(&options(&rebuilt, &corpus, &rebuilt_straight), &mut |_| {}).unwrap();
+    let records = step_records(&rebuilt_straight);
+    assert!(
+        records.iter().all(|r| r["bottleneck_loss"].as_f64().is_some_and(|l| l > 0.0)),
+        "{records:?}"
+    );
+    assert_ne!(losses(&rebuilt_straight), losses(&straight));
+    let rebuilt_interrupted = dir.path().join("rebuilt-interrupted");
+    stop_and_resume(&options(&rebuilt, &corpus, &rebuilt_interrupted), 3);
+    assert_eq!(losses(&rebuilt_interrupted), losses(&rebuilt_straight));
+    cloze_mlm::Embedder::load(&rebuilt_straight, &Device::Cpu).unwrap();
+    rebuilt.training.contrastive.as_mut().unwrap().bottleneck_mask_rate = 1.0;
+    let error = rebuilt.validate().unwrap_err();
+    assert!(error.contains("training.contrastive.bottleneck_mask_rate"), "{error}");
+
     let mut starved = config.clone();
     starved.training.contrastive.as_mut().unwrap().min_tokens = 1000;
     let error =
@@ -161,6 +181,8 @@ fn small_contrastive() -> cloze_mlm::ContrastiveSettings {
         max_crop: 0.7,
         min_tokens: 8,
         neighbour_share: 0.0,
+        bottleneck_weight: 0.0,
+        bottleneck_mask_rate: 0.5,
     }
 }
 
