@@ -11,7 +11,7 @@
 use candle_core::{Result, Tensor};
 use rand_chacha::ChaCha8Rng;
 
-use crate::masking::MaskedBatch;
+use crate::masking::{loss_at_chosen, MaskedBatch};
 use crate::model::BertForMaskedLm;
 
 /// The decoder's cross-entropy at the masked positions of `masked` (the same texts whose
@@ -26,9 +26,8 @@ pub fn bottleneck_loss(
 ) -> Result<Tensor> {
     let hidden =
         model.decode_from_vectors(vectors, &masked.input_ids, &masked.attention_mask, rng)?;
-    let (rows, length, size) = hidden.dims3()?;
-    let chosen = hidden.reshape((rows * length, size))?.index_select(&masked.positions, 0)?;
-    crate::kernels::cross_entropy(&model.mlm_logits(&chosen)?, &masked.labels)
+    let (loss, _) = loss_at_chosen(model, &hidden, masked)?;
+    Ok(loss)
 }
 
 #[cfg(test)]
@@ -53,10 +52,7 @@ mod tests {
     }
 
     fn masker() -> Masker {
-        let mut special = vec![false; 60];
-        for id in 0..5 {
-            special[id] = true;
-        }
+        let special = (0..60).map(|id| id < 5).collect();
         Masker { rate: 0.5, mask_id: 4, pad_id: 0, vocab_size: 60, special, continuation: None }
     }
 
@@ -76,8 +72,7 @@ mod tests {
             .collect();
         let masked = masker().mask_batch(&texts, &mut rng, &Device::Cpu).unwrap();
         // The encoder sees the texts whole; only the decoder's copy is masked.
-        let ids: Vec<Vec<u32>> = texts.clone();
-        let input_ids = Tensor::new(ids, &Device::Cpu).unwrap();
+        let input_ids = Tensor::new(texts.clone(), &Device::Cpu).unwrap();
         let hidden = model.encode(&input_ids, &masked.attention_mask, Some(&mut rng)).unwrap();
         let vectors = mean_pool(&hidden, &masked.attention_mask).unwrap();
         let loss = bottleneck_loss(&model, &vectors, &masked, Some(&mut rng)).unwrap();

@@ -173,6 +173,16 @@ pub fn mlm_loss(
     rng: Option<&mut ChaCha8Rng>,
 ) -> Result<(Tensor, Tensor)> {
     let hidden = model.encode(&batch.input_ids, &batch.attention_mask, rng)?;
+    loss_at_chosen(model, &hidden, batch)
+}
+
+/// The MLM head's cross-entropy at `batch`'s chosen positions of `hidden` (`[batch, length,
+/// hidden]`, whatever computed it from the batch), and the logits there.
+pub(crate) fn loss_at_chosen(
+    model: &BertForMaskedLm,
+    hidden: &Tensor,
+    batch: &MaskedBatch,
+) -> Result<(Tensor, Tensor)> {
     let (rows, length, size) = hidden.dims3()?;
     let chosen = hidden.reshape((rows * length, size))?.index_select(&batch.positions, 0)?;
     let logits = model.mlm_logits(&chosen)?;
