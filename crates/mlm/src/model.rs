@@ -365,11 +365,12 @@ impl BertForMaskedLm {
             norm: LayerNorm::new(&mut source, "cls.predictions.transform.LayerNorm", config)?,
             bias: source.get("cls.predictions.bias", &[config.vocab_size], Init::Zeros)?,
         };
-        let has_bottleneck =
-            loaded.contains_key(&format!("{BOTTLENECK_PREFIX}.output.dense.weight"));
-        let bottleneck = match has_bottleneck {
-            true => Some(Layer::new(&mut source, BOTTLENECK_PREFIX, config)?),
-            false => None,
+        // A run that trained a decoder saved it; resuming goes on with the same one.
+        let saved_decoder = format!("{BOTTLENECK_PREFIX}.output.dense.weight");
+        let bottleneck = if loaded.contains_key(&saved_decoder) {
+            Some(Layer::new(&mut source, BOTTLENECK_PREFIX, config)?)
+        } else {
+            None
         };
         Ok(BertForMaskedLm {
             config: config.clone(),
