@@ -7,8 +7,10 @@ use cloze_corpus::Document;
 use cloze_index::{
     AnalyzerSettings, Collection, DataDir, Encoder, HnswSettings, IndexError, SemanticSettings,
 };
+use cloze_mlm::{HeldOutDocument, HeldOutDocuments};
 use cloze_search::{
-    candidates, search, Feedback, Fusion, FusionMethod, Mode, Normalization, SearchRequest,
+    candidates, pseudo_queries, search, Feedback, Fusion, FusionMethod, Mode, Normalization,
+    PseudoQuerySettings, PseudoQuerySources, SearchRequest,
 };
 use cloze_tests::small_model;
 
@@ -112,6 +114,32 @@ fn each_document_is_found_by_its_own_text_in_both_modes() {
     let reopened = fixture.data.open("docs").unwrap();
     assert_eq!(semantic_ids(&reopened, &texts()[5], 1), ["d5"]);
     assert_consistent(&reopened);
+}
+
+/// Pseudo-queries are made of the documents the model lists as left out of its training, where
+/// it lists any of the collection's; a listed id whose text differs is another document.
+#[test]
+fn pseudo_queries_come_from_the_documents_the_model_left_out() {
+    let fixture = Fixture::new(64);
+    let texts = texts();
+    let mut listed: Vec<HeldOutDocument> =
+        (0..5).map(|i| HeldOutDocument::new(&format!("d{i}"), &texts[i])).collect();
+    listed.push(HeldOutDocument::new("d5", "another corpus's d5"));
+    HeldOutDocuments::write(&listed, &fixture.model).unwrap();
+    let mut collection = fixture.create("docs", None);
+    ingest_texts(&mut collection);
+    let settings = PseudoQuerySettings { count: 20, words: 3, ..Default::default() };
+    let made = pseudo_queries(&collection, &settings).unwrap();
+    assert_eq!(made.sources, PseudoQuerySources::HeldOut);
+    let mut sources: Vec<&str> = made.replacements.iter().map(|d| d.id.as_str()).collect();
+    sources.sort();
+    assert_eq!(sources, ["d0", "d1", "d2", "d3", "d4"]);
+    assert_eq!(made.queries.len(), 5);
+
+    // A model that lists none of the collection's documents: any document makes a query.
+    HeldOutDocuments::write(&[HeldOutDocument::new("d0", "not d0")], &fixture.model).unwrap();
+    let made = pseudo_queries(&fixture.data.open("docs").unwrap(), &settings).unwrap();
+    assert_eq!((made.sources, made.queries.len()), (PseudoQuerySources::AnyDocument, 20));
 }
 
 #[test]

@@ -113,6 +113,7 @@ fn cloze_tune_and_the_tune_route_answer_the_same_and_save_the_choice() {
     assert_eq!(answered["settings"].as_array().unwrap().len(), 38 * 2 * 2);
     assert_eq!(answered["queries"], 40);
     assert_eq!(answered["saved"], Value::Null);
+    assert_eq!(answered.get("pseudo_query_sources"), None);
 
     // Without judgments, the same pseudo-queries from both, tuned on a passing copy that
     // leaves nothing behind.
@@ -125,7 +126,10 @@ fn cloze_tune_and_the_tune_route_answer_the_same_and_save_the_choice() {
     assert_eq!(status, 200, "{text}");
     let timed = text.rfind(",\"took_ms\":").expect("took_ms");
     assert_eq!(format!("{}}}", &text[..timed]), printed.trim_end());
-    assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["queries"], 30);
+    let answered: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(answered["queries"], 30);
+    // The test model lists no documents left out of its training.
+    assert_eq!(answered["pseudo_query_sources"], "any_document");
     let hidden: Vec<String> = std::fs::read_dir(&data)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use cloze_mlm::{Embedder, WEIGHTS_FILE};
+use cloze_mlm::{Embedder, HeldOutDocuments, WEIGHTS_FILE};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -30,6 +30,7 @@ pub struct ModelRecord {
 pub struct Encoder {
     embedder: Embedder,
     record: ModelRecord,
+    held_out: Option<HeldOutDocuments>,
 }
 
 impl Encoder {
@@ -47,11 +48,17 @@ impl Encoder {
             max_len: embedder.max_len(),
             path,
         };
-        Ok(Encoder { embedder, record })
+        let held_out = HeldOutDocuments::read(&record.path)?;
+        Ok(Encoder { embedder, record, held_out })
     }
 
     pub fn record(&self) -> &ModelRecord {
         &self.record
+    }
+
+    /// The documents the model lists as left out of its training, when it lists any.
+    pub fn held_out(&self) -> Option<&HeldOutDocuments> {
+        self.held_out.as_ref()
     }
 
     /// Texts per forward pass.

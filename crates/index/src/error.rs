@@ -31,6 +31,8 @@ pub enum IndexError {
     Corpus(#[from] cloze_corpus::CorpusError),
     #[error("the model in {path}: {source}")]
     Model { path: PathBuf, source: Box<cloze_mlm::EmbedError> },
+    #[error(transparent)]
+    HeldOut(#[from] cloze_mlm::HeldOutError),
     #[error(
         "collection \"{collection}\" was indexed with the model {expected} (weights sha256 \
          {expected_sha256:.12}), but {found} has weights sha256 {found_sha256:.12}: vectors of \

@@ -3,9 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use cloze_corpus::{CorpusError, DocumentReader, FieldMapping, TextLines};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
+use crate::held_out::HeldOutDocument;
 use crate::tokenizer::SpecialIds;
 
 /// How tokenized texts become sequences.
@@ -31,12 +35,37 @@ pub enum DataError {
 /// Reads the texts of every file: JSONL corpora (`.jsonl`, `.jsonl.gz`: title and text of each
 /// document, BEIR's layout) or plain text (anything else: one document or paragraph a line).
 pub fn read_texts(paths: &[PathBuf]) -> Result<Vec<String>, DataError> {
-    let mut texts = Vec::new();
-    for path in paths {
+    Ok(read_texts_holding_out(paths, 0, 0)?.0)
+}
+
+/// [`read_texts`], less `per_corpus` documents of each JSONL corpus (at most a quarter of it),
+/// drawn by `seed`: the texts to train on, and the documents left out.
+pub fn read_texts_holding_out(
+    paths: &[PathBuf],
+    per_corpus: usize,
+    seed: u64,
+) -> Result<(Vec<String>, Vec<HeldOutDocument>), DataError> {
+    let (mut texts, mut held_out) = (Vec::new(), Vec::new());
+    for (file_index, path) in paths.iter().enumerate() {
         if is_jsonl(path) {
+            let mut documents = Vec::new();
             for document in DocumentReader::open(path, FieldMapping::default())? {
-                let text = document?.searchable_text();
+                let document = document?;
+                let text = document.searchable_text();
                 if !text.trim().is_empty() {
+                    documents.push((document.id, text));
+                }
+            }
+            let mut order: Vec<usize> = (0..documents.len()).collect();
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed.wrapping_add(file_index as u64)));
+            let mut is_held_out = vec![false; documents.len()];
+            for &index in &order[..per_corpus.min(documents.len() / 4)] {
+                is_held_out[index] = true;
+            }
+            for ((id, text), held) in documents.into_iter().zip(is_held_out) {
+                if held {
+                    held_out.push(HeldOutDocument::new(&id, &text));
+                } else {
                     texts.push(text);
                 }
             }
@@ -46,7 +75,7 @@ pub fn read_texts(paths: &[PathBuf]) -> Result<Vec<String>, DataError> {
             }
         }
     }
-    Ok(texts)
+    Ok((texts, held_out))
 }
 
 fn is_jsonl(path: &Path) -> bool {
@@ -128,5 +157,38 @@ mod tests {
         let jsonl = dir.path().join("b.jsonl");
         std::fs::write(&jsonl, "{\"_id\": \"1\", \"title\": \"T\", \"text\": \"body\"}\n").unwrap();
         assert_eq!(read_texts(&[text, jsonl]).unwrap(), ["first paragraph", "second", "T\nbody"]);
+    }
+
+    #[test]
+    fn holds_out_documents_of_each_corpus_never_of_plain_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = |name: &str, count: usize| {
+            let path = dir.path().join(name);
+            let lines: String = (0..count)
+                .map(|i| format!("{{\"_id\": \"{i}\", \"title\": \"\", \"text\": \"{name} document {i}\"}}\n"))
+                .collect();
+            std::fs::write(&path, lines).unwrap();
+            path
+        };
+        let text = dir.path().join("a.txt");
+        std::fs::write(&text, "one\ntwo\nthree\nfour\n").unwrap();
+        let paths = [corpus("a.jsonl", 20), corpus("b.jsonl", 8), text];
+        let (texts, held_out) = read_texts_holding_out(&paths, 4, 7).unwrap();
+        // Four of a.jsonl, two of b.jsonl (at most a quarter), none of the plain text.
+        assert_eq!(held_out.len(), 6);
+        assert_eq!(texts.len(), 32 - 6);
+        let listed = crate::HeldOutDocuments::new(held_out.clone());
+        for i in 0..20 {
+            let text = format!("a.jsonl document {i}");
+            assert_ne!(texts.contains(&text), listed.contains(&i.to_string(), &text), "{i}");
+        }
+        assert_eq!(texts.iter().filter(|t| t.starts_with("b.jsonl")).count(), 6);
+        assert!(["one", "two", "three", "four"]
+            .iter()
+            .all(|line| texts.contains(&line.to_string())));
+        // The same seed holds out the same documents; nothing held out is what read_texts reads.
+        assert_eq!(read_texts_holding_out(&paths, 4, 7).unwrap().1, held_out);
+        assert_ne!(read_texts_holding_out(&paths, 4, 8).unwrap().1, held_out);
+        assert_eq!(read_texts_holding_out(&paths, 0, 7).unwrap().0, read_texts(&paths).unwrap());
     }
 }

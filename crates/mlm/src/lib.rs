@@ -14,6 +14,7 @@ pub mod cpu;
 mod data;
 mod embed;
 mod expand;
+mod held_out;
 mod kernels;
 mod masking;
 mod model;
@@ -27,6 +28,7 @@ pub use config::BertConfig;
 pub use contrastive::ContrastiveSettings;
 pub use embed::{EmbedError, Embedder, Pooling, DEFAULT_BATCH_SIZE, TOKEN_WEIGHTS_FILE};
 pub use expand::{Expander, ExpansionTerm};
+pub use held_out::{HeldOutDocument, HeldOutDocuments, HeldOutError, HELD_OUT_FILE};
 pub use model::BertForMaskedLm;
 pub use tokenizer::{load_tokenizer, save_tokenizer, train_wordpiece, TokenizerError};
 pub use train::{

@@ -122,10 +122,15 @@ pub struct TrainingSettings {
     /// when they end. 0: both losses from the first step.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cloze_steps: u64,
+    /// Documents of each JSONL corpus (at most a quarter of it) left out of training and listed
+    /// beside the model ([`crate::HELD_OUT_FILE`]), so that `cloze tune` with no judgments
+    /// makes its pseudo-queries of documents the model never saw. 0: train on every document.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_out_documents: u64,
 }
 
-fn is_zero(steps: &u64) -> bool {
-    *steps == 0
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 fn default_mlm_weight() -> f64 {
@@ -155,6 +160,8 @@ pub enum TrainError {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    HeldOut(#[from] crate::HeldOutError),
     #[error("model: {0}")]
     Model(#[from] candle_core::Error),
 }
@@ -371,7 +378,14 @@ pub fn train(
     let settings = &config.training;
     let device = &options.device;
 
-    let texts = data::read_texts(&options.corpus)?;
+    let (texts, held_out) = data::read_texts_holding_out(
+        &options.corpus,
+        settings.held_out_documents as usize,
+        settings.seed,
+    )?;
+    if settings.held_out_documents > 0 {
+        tracing::info!(documents = held_out.len(), "left out of training for tuning");
+    }
     let tokenizer = prepare_tokenizer(options, &config, &texts)?;
     let special = SpecialIds::of(&tokenizer)?;
     let (train_texts, valid_texts) = split_validation(options, texts)?;
@@ -632,6 +646,9 @@ pub fn train(
             let path = out.join(crate::TOKEN_WEIGHTS_FILE);
             let text = serde_json::to_string(weights).expect("numbers serialize");
             std::fs::write(&path, text).map_err(io_error(&path))?;
+        }
+        if !held_out.is_empty() {
+            crate::HeldOutDocuments::write(&held_out, out)?;
         }
     }
     match last_evaluation {

@@ -97,10 +97,32 @@ fn a_run_for_search_alone_skips_the_cloze_task() {
     config.training.embed_max_len = Some(48);
     config.training.idf_pooling = true;
     config.training.contrastive = Some(small_contrastive());
+    config.training.held_out_documents = 5;
     let out = dir.path().join("search");
-    train(&options(&config, &corpus, &out), &mut |_| {}).unwrap();
+    let jsonl = dir.path().join("more.jsonl");
+    let documents: Vec<String> = std::fs::read_to_string(&corpus)
+        .unwrap()
+        .lines()
+        .take(30)
+        .enumerate()
+        .map(|(i, text)| {
+            serde_json::json!({"_id": format!("m{i}"), "title": "", "text": text}).to_string()
+        })
+        .collect();
+    std::fs::write(&jsonl, documents.join("\n")).unwrap();
+    let mut run = options(&config, &corpus, &out);
+    run.corpus.push(jsonl);
+    train(&run, &mut |_| {}).unwrap();
     let records = step_records(&out);
     assert_eq!(records.len(), 4);
+    // Five documents of the JSONL corpus (none of the plain text) are listed as left out.
+    let listed = cloze_mlm::HeldOutDocuments::read(&out).unwrap().unwrap();
+    assert_eq!(listed.len(), 5);
+    let lines = std::fs::read_to_string(&corpus).unwrap();
+    let left_out: Vec<usize> = (0..30).filter(|i| listed.lists(&format!("m{i}"))).collect();
+    assert_eq!(left_out.len(), 5);
+    let text = lines.lines().nth(left_out[0]).unwrap();
+    assert!(listed.contains(&format!("m{}", left_out[0]), text));
     for record in &records {
         assert_eq!(record["loss"], record["contrastive_loss"], "{record}");
         assert!(record["tokens_per_second"].as_f64().unwrap() > 0.0, "{record}");

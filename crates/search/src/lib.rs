@@ -24,7 +24,7 @@ pub use hybrid::{
 pub use judged::{record, search_judged, JudgedQuery, NoQueryText};
 pub use pseudo::{pseudo_queries, tune_without_judgments, PseudoQueries, PseudoQuerySettings};
 pub use statistics::KeywordStatistics;
-pub use tune::{tune, ScoredFusion, TuneOptions, Tuning, SIGNIFICANCE_TRIALS};
+pub use tune::{tune, PseudoQuerySources, ScoredFusion, TuneOptions, Tuning, SIGNIFICANCE_TRIALS};
 
 use std::fmt;
 use std::str::FromStr;

@@ -9,6 +9,11 @@
 //! the text that answers it. Tuning runs on a copy of the collection in which each sampled
 //! document is replaced by its version without the sentence; the collection itself is not
 //! changed.
+//!
+//! An encoder trained on a document, with the very task of finding it from a piece of it, finds
+//! it from a pseudo-query better than it will from a real one, and tuning then trusts it too
+//! much. When the collection's model lists documents it left out of training (`cloze train`
+//! with `training.held_out_documents`), queries are made of those alone.
 
 use cloze_corpus::Document;
 use cloze_eval::Qrels;
@@ -17,7 +22,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::{tune, JudgedQuery, SearchError, TuneOptions, Tuning};
+use crate::{tune, JudgedQuery, PseudoQuerySources, SearchError, TuneOptions, Tuning};
 
 /// How pseudo-queries are made.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -46,18 +51,20 @@ pub struct PseudoQueries {
     pub qrels: Qrels,
     /// Each source document without its query's sentence (none when the sentence is kept).
     pub replacements: Vec<Document>,
+    pub sources: PseudoQuerySources,
 }
 
-/// Samples documents of `collection` and makes one query of each that has a sentence of at
-/// least `settings.words` words and keeps as many words without the query.
+/// Samples documents of `collection` (those its model left out of training, if it lists any)
+/// and makes one query of each that has a sentence of at least `settings.words` words and
+/// keeps as many words without the query.
 pub fn pseudo_queries(
     collection: &Collection,
     settings: &PseudoQuerySettings,
 ) -> Result<PseudoQueries, SearchError> {
-    let mut ids = collection.document_ids()?;
+    let searcher = collection.searcher();
+    let (mut ids, sources) = source_documents(collection, &searcher)?;
     let mut rng = ChaCha8Rng::seed_from_u64(settings.seed);
     ids.shuffle(&mut rng);
-    let searcher = collection.searcher();
     let words = settings.words.max(1);
     let (mut queries, mut qrels, mut replacements) = (Vec::new(), Qrels::default(), Vec::new());
     for id in ids {
@@ -97,7 +104,38 @@ pub fn pseudo_queries(
         queries.push(JudgedQuery { id: query_id.clone(), text, vector: None });
         qrels.insert(&query_id, &id, 1);
     }
-    Ok(PseudoQueries { queries, qrels, replacements })
+    Ok(PseudoQueries { queries, qrels, replacements, sources })
+}
+
+/// The ids of the documents to make queries of: those the collection's model lists as left out
+/// of its training, or, where it lists none of them, all.
+fn source_documents(
+    collection: &Collection,
+    searcher: &tantivy::Searcher,
+) -> Result<(Vec<String>, PseudoQuerySources), SearchError> {
+    let ids = collection.document_ids()?;
+    let has_model = collection.manifest().semantic.as_ref().is_some_and(|s| s.model.is_some());
+    let encoder = if has_model { Some(collection.encoder()?) } else { None };
+    let Some(held_out) = encoder.and_then(|encoder| encoder.held_out()) else {
+        return Ok((ids, PseudoQuerySources::AnyDocument));
+    };
+    let mut unseen = Vec::new();
+    for id in &ids {
+        if !held_out.lists(id) {
+            continue;
+        }
+        if let Some(address) = collection.address(searcher, id)? {
+            let text = collection.stored_document(searcher, address)?.searchable_text();
+            if held_out.contains(id, &text) {
+                unseen.push(id.clone());
+            }
+        }
+    }
+    if unseen.is_empty() {
+        Ok((ids, PseudoQuerySources::AnyDocument))
+    } else {
+        Ok((unseen, PseudoQuerySources::HeldOut))
+    }
 }
 
 /// [`tune`] on pseudo-queries of `collection` (in `data_dir`), on a passing copy of it where
@@ -131,8 +169,9 @@ pub fn tune_without_judgments(
             ),
         });
     }
-    if made.replacements.is_empty() {
-        tune(collection, &made.queries, &made.qrels, options, on_query)
+    let sources = made.sources;
+    let tuned = if made.replacements.is_empty() {
+        tune(collection, &made.queries, &made.qrels, options, on_query)?
     } else {
         let scratch = data_dir.scratch(collection.name())?;
         let snapshot = scratch.path().join("snapshot");
@@ -146,8 +185,9 @@ pub fn tune_without_judgments(
             copy.use_encoder(collection.shared_encoder()?)?;
         }
         copy.ingest(made.replacements.into_iter().map(Ok::<_, cloze_index::IndexError>), || {})?;
-        tune(&copy, &made.queries, &made.qrels, options, on_query)
-    }
+        tune(&copy, &made.queries, &made.qrels, options, on_query)?
+    };
+    Ok(Tuning { pseudo_query_sources: Some(sources), ..tuned })
 }
 
 #[cfg(test)]

@@ -145,6 +145,19 @@ pub struct Tuning {
     /// The chosen setting, once made the collection's default.
     #[serde(serialize_with = "optional_text")]
     pub saved: Option<Fusion>,
+    /// Which documents the queries were made of, when they are pseudo-queries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pseudo_query_sources: Option<PseudoQuerySources>,
+}
+
+/// The documents pseudo-queries are made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PseudoQuerySources {
+    /// Only those the collection's model lists as left out of its training.
+    HeldOut,
+    /// Any (the model lists none of the collection's documents as left out).
+    AnyDocument,
 }
 
 fn as_text<T: std::fmt::Display, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -310,5 +323,6 @@ pub fn tune(
         chosen,
         fusion_wins,
         saved: None,
+        pseudo_query_sources: None,
     })
 }

@@ -6,7 +6,8 @@ use clap::Args;
 use cloze_eval::{Metric, Qrels};
 use cloze_index::DataDir;
 use cloze_search::{
-    tune, tune_without_judgments, JudgedQuery, PseudoQuerySettings, SearchError, TuneOptions,
+    tune, tune_without_judgments, JudgedQuery, PseudoQuerySettings, PseudoQuerySources,
+    SearchError, TuneOptions,
 };
 
 use crate::progress;
@@ -23,7 +24,9 @@ use crate::progress;
 /// choice the collection's default for hybrid searches that name no fusion.
 ///
 /// Without --queries and --qrels, tunes on pseudo-queries made from the collection's own
-/// documents (--pseudo-queries): for a collection no one has judged queries on.
+/// documents (--pseudo-queries): for a collection no one has judged queries on. Where the model
+/// lists documents it left out of its training (cloze train with training.held_out_documents),
+/// they are made of those alone, so a model is not rated on text it was trained on.
 #[derive(Debug, Args)]
 pub struct TuneArgs {
     /// The collection (it must have a model).
@@ -167,7 +170,14 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
     }
     let metric = tuning.metric.to_string();
     let deepest = options.depths.iter().max().expect("tuned: not empty");
-    println!("{} judged queries; {metric} of each side alone (top {deepest}):", tuning.queries);
+    let queries = match tuning.pseudo_query_sources {
+        None => "judged queries",
+        Some(PseudoQuerySources::HeldOut) => {
+            "pseudo-queries, of documents the model was not trained on"
+        }
+        Some(PseudoQuerySources::AnyDocument) => "pseudo-queries",
+    };
+    println!("{} {queries}; {metric} of each side alone (top {deepest}):", tuning.queries);
     println!("  keyword   {:.4}", tuning.keyword);
     println!("  semantic  {:.4}", tuning.semantic);
     println!("best fusion settings by {metric}:");
