@@ -333,9 +333,7 @@ impl Shared {
             messages.truncate(in_order);
             if last > applied {
                 // Only embedding needs the turn: keyword-only applies are light and many.
-                let embeds = handle.current().is_some_and(|c| {
-                    c.manifest().semantic.as_ref().is_some_and(|s| s.model.is_some())
-                });
+                let embeds = handle.current().is_some_and(|c| c.has_model());
                 let _turn = match embeds {
                     true => Some(self.applying.acquire().await.expect("never closed")),
                     false => None,

@@ -469,6 +469,12 @@ impl Collection {
         &self.manifest
     }
 
+    /// Whether the collection embeds with a model of its own (not only vectors its documents
+    /// bring).
+    pub fn has_model(&self) -> bool {
+        self.manifest.semantic.as_ref().is_some_and(|semantic| semantic.model.is_some())
+    }
+
     pub fn fields(&self) -> &Fields {
         &self.fields
     }

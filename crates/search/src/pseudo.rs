@@ -114,8 +114,7 @@ fn source_documents(
     searcher: &tantivy::Searcher,
 ) -> Result<(Vec<String>, PseudoQuerySources), SearchError> {
     let ids = collection.document_ids()?;
-    let has_model = collection.manifest().semantic.as_ref().is_some_and(|s| s.model.is_some());
-    let encoder = if has_model { Some(collection.encoder()?) } else { None };
+    let encoder = if collection.has_model() { Some(collection.encoder()?) } else { None };
     let Some(held_out) = encoder.and_then(|encoder| encoder.held_out()) else {
         return Ok((ids, PseudoQuerySources::AnyDocument));
     };
@@ -181,7 +180,7 @@ pub fn tune_without_judgments(
             &snapshot,
             false,
         )?;
-        if collection.manifest().semantic.as_ref().is_some_and(|s| s.model.is_some()) {
+        if collection.has_model() {
             copy.use_encoder(collection.shared_encoder()?)?;
         }
         copy.ingest(made.replacements.into_iter().map(Ok::<_, cloze_index::IndexError>), || {})?;
