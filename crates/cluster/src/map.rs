@@ -329,6 +329,19 @@ async fn bucket(js: &jetstream::Context, config: kv::Config) -> Result<kv::Store
     })
 }
 
+/// A node id becomes part of NATS subjects and consumer names: letters, digits, '-' and '_'.
+pub fn validate_node_id(id: &str) -> Result<(), ClusterError> {
+    let valid = (1..=64).contains(&id.len())
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    if valid {
+        Ok(())
+    } else {
+        Err(ClusterError::Invalid(format!(
+            "node id \"{id}\": use 1 to 64 letters, digits, '-' and '_'"
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,18 +389,5 @@ mod tests {
         // Removing a node puts its copies elsewhere.
         let without = rebalance(&target, 2, &nodes(3));
         assert!(without.iter().all(|p| p.len() == 2 && !p.contains(&"n4".to_string())));
-    }
-}
-
-/// A node id becomes part of NATS subjects and consumer names: letters, digits, '-' and '_'.
-pub fn validate_node_id(id: &str) -> Result<(), ClusterError> {
-    let valid = (1..=64).contains(&id.len())
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
-    if valid {
-        Ok(())
-    } else {
-        Err(ClusterError::Invalid(format!(
-            "node id \"{id}\": use 1 to 64 letters, digits, '-' and '_'"
-        )))
     }
 }
