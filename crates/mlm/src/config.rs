@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 pub struct BertConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
+    /// Transformer layers; 0 leaves each token's embedding as it is, so a pooled vector is a
+    /// weighted sum of learned word vectors (a static encoder, which trains and embeds several
+    /// times faster).
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
@@ -54,7 +57,6 @@ impl BertConfig {
         let positive = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
-            ("num_hidden_layers", self.num_hidden_layers),
             ("num_attention_heads", self.num_attention_heads),
             ("intermediate_size", self.intermediate_size),
             ("max_position_embeddings", self.max_position_embeddings),

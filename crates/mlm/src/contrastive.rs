@@ -267,8 +267,14 @@ mod tests {
     /// silently pass none.
     #[test]
     fn the_loss_reaches_every_encoder_weight() {
+        for layers in [2, 0] {
+            the_loss_reaches_every_weight_of_an_encoder_with(layers);
+        }
+    }
+
+    fn the_loss_reaches_every_weight_of_an_encoder_with(layers: usize) {
         let config: BertConfig = serde_json::from_value(serde_json::json!({
-            "vocab_size": 60, "hidden_size": 16, "num_hidden_layers": 2,
+            "vocab_size": 60, "hidden_size": 16, "num_hidden_layers": layers,
             "num_attention_heads": 2, "intermediate_size": 32, "max_position_embeddings": 32,
         }))
         .unwrap();
@@ -287,9 +293,11 @@ mod tests {
             if name.starts_with("cls.predictions") {
                 continue;
             }
-            let gradient = gradients.get(var).unwrap_or_else(|| panic!("{name}: no gradient"));
+            let gradient = gradients
+                .get(var)
+                .unwrap_or_else(|| panic!("{name} ({layers} layers): no gradient"));
             let size = gradient.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-            assert!(size > 0.0, "{name}: zero gradient");
+            assert!(size > 0.0, "{name} ({layers} layers): zero gradient");
         }
     }
 }

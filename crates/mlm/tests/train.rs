@@ -87,11 +87,13 @@ fn a_contrastive_run_logs_its_pair_loss_and_resumes_exactly() {
 /// With the cloze loss weighted 0, a run trains on the contrastive loss alone (the logged loss
 /// is the pair loss), and the model it writes embeds at `embed_max_len`, not at the crops'
 /// length. Settings that leave nothing to train, or embed past the positions, are refused.
+/// The model is a static encoder, with no Transformer layer, as the retrieval preset's is.
 #[test]
 fn a_run_for_search_alone_skips_the_cloze_task() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = corpus(dir.path());
     let mut config = test_config();
+    config.model.num_hidden_layers = 0;
     config.training.max_steps = 4;
     config.training.mlm_weight = 0.0;
     config.training.embed_max_len = Some(48);
@@ -138,6 +140,9 @@ fn a_run_for_search_alone_skips_the_cloze_task() {
         &std::fs::read_to_string(out.join(cloze_mlm::TOKEN_WEIGHTS_FILE)).unwrap(),
     )
     .unwrap();
+    let model: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(model["num_hidden_layers"], 0);
     let embedder = cloze_mlm::Embedder::load(&out, &Device::Cpu).unwrap();
     assert_eq!(embedder.pooling(), cloze_mlm::Pooling::IdfMean);
     assert!(weights.iter().all(|w| w.is_finite() && *w >= 0.0));
