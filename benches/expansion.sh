@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Document expansion with a model's cloze head, measured in the keyword index.
 #
-#   benches/expansion.sh MODEL_DIR [TERMS:REPEAT:WEIGHT ...]     (default: 5:3:count 20:3:lift)
+#   benches/expansion.sh MODEL_DIR|EXPANSIONS_DIR [TERMS:REPEAT:WEIGHT ...]
+#                                                   (default: 5:3:count 20:3:lift)
 #
 # Each document of the five test collections gets the words its model expects in it and does
 # not contain (`cloze_mlm::Expander`, windows of 64 tokens), appended to its text: the first
@@ -12,15 +13,21 @@
 # SciFact's training and test judgments and the others' test judgments; pytrec_eval (where
 # installed) scores the same runs. MODEL_DIR must keep its MLM head (a `cloze train` model with
 # the cloze task). Expansions are kept under target/expansion/; the shared data comes from
-# $CLOZE_TEST_DATA (default ../shared/data).
+# $CLOZE_TEST_DATA (default ../shared/data). A folder that already holds the five collections'
+# expansions (COLLECTION.jsonl, one `{"_id", "terms": [[word, weight], ...]}` a document, such as
+# benches/nearest_words.py writes) is measured as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-model=$(realpath "${1:?usage: benches/expansion.sh MODEL_DIR [TERMS:REPEAT:WEIGHT ...]}")
+model=$(realpath "${1:?usage: benches/expansion.sh MODEL_DIR|EXPANSIONS_DIR [TERMS:REPEAT:WEIGHT ...]}")
 shift
 settings=("$@")
 if [ ${#settings[@]} -eq 0 ]; then settings=(5:3:count 20:3:lift); fi
 data=$(realpath "${CLOZE_TEST_DATA:-../shared/data}")
-work=$PWD/target/expansion/$(basename "$model")
+if [ -s "$model/scifact.jsonl" ]; then
+    work=$model
+else
+    work=$PWD/target/expansion/$(basename "$model")
+fi
 mkdir -p "$work"
 cargo build --release --quiet --bin cloze
 cargo build --release --quiet -p cloze-mlm --example expand_corpus
