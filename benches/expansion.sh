@@ -30,13 +30,19 @@ else
 fi
 mkdir -p "$work"
 cargo build --release --quiet --bin cloze
-cargo build --release --quiet -p cloze-mlm --example expand_corpus
+if [ "$work" != "$model" ]; then
+    cargo build --release --quiet -p cloze-mlm --example expand_corpus
+fi
 cloze=$PWD/target/release/cloze
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 
 for collection in scifact cranfield cisi cacm npl; do
     if [ ! -s "$work/$collection.jsonl" ]; then
+        if [ "$work" = "$model" ]; then
+            echo "$model: no $collection.jsonl among the expansions" >&2
+            exit 1
+        fi
         target/release/examples/expand_corpus "$model" "$data/$collection/corpus.jsonl" \
             "$work/$collection.jsonl.partial" 50 64
         mv "$work/$collection.jsonl.partial" "$work/$collection.jsonl"
