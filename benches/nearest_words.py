@@ -11,13 +11,15 @@ their first five letters, so that plurals and the like do not count as new), or 
 `--in-document` the document's own words, which repeating raises in BM25. A word must occur in
 at least two documents of its collection, since WordPiece also keeps word beginnings. Document
 vectors come from `cloze embed --model MODEL_DIR` as VECTORS_DIR/COLLECTION.vec; the corpora
-from $CLOZE_TEST_DATA (default ../shared/data). Needs numpy.
+from $CLOZE_TEST_DATA (default ../shared/data). Needs numpy and the model's train_config.toml (the
+crop length sets the positions averaged).
 """
 import json
 import os
 import re
 import struct
 import sys
+import tomllib
 from collections import Counter
 
 import numpy as np
@@ -45,13 +47,15 @@ def read_tensors(path, names):
 def word_vectors(model):
     """Each token's vector as the static encoder sees it at an average position of its crops."""
     config = json.load(open(f"{model}/config.json"))
+    with open(f"{model}/train_config.toml", "rb") as f:
+        crop_length = tomllib.load(f)["training"]["max_len"]
     if config["num_hidden_layers"] != 0:
         sys.exit(f"{model}: num_hidden_layers is {config['num_hidden_layers']}; this needs a static encoder (0)")
     prefix = "bert.embeddings."
     t = read_tensors(f"{model}/model.safetensors", [
         prefix + "word_embeddings.weight", prefix + "position_embeddings.weight",
         prefix + "token_type_embeddings.weight", prefix + "LayerNorm.weight", prefix + "LayerNorm.bias"])
-    x = (t[prefix + "word_embeddings.weight"] + t[prefix + "position_embeddings.weight"][:64].mean(0)
+    x = (t[prefix + "word_embeddings.weight"] + t[prefix + "position_embeddings.weight"][:crop_length].mean(0)
          + t[prefix + "token_type_embeddings.weight"][0])
     x = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + config["layer_norm_eps"])
     x = x * t[prefix + "LayerNorm.weight"] + t[prefix + "LayerNorm.bias"]
@@ -73,7 +77,8 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     for collection in COLLECTIONS:
         corpus = [json.loads(line) for line in open(f"{data}/{collection}/corpus.jsonl", encoding="utf-8")]
-        document_frequency = Counter(w for document in corpus for w in set(words_of(document)))
+        word_sets = [set(words_of(document)) for document in corpus]
+        document_frequency = Counter(w for words in word_sets for w in words)
         candidates = np.array([i for i, token in enumerate(vocab)
                                if re.fullmatch(r"[a-z]{3,}", token) and document_frequency[token] >= 2])
         candidate_vectors = vectors[candidates]
@@ -82,11 +87,10 @@ def main():
             record = json.loads(line)
             document_vectors[record["id"]] = np.array(record["vector"], dtype=np.float32)
         with open(f"{out_dir}/{collection}.jsonl", "w", encoding="utf-8") as out:
-            for document in corpus:
+            for document, words in zip(corpus, word_sets):
                 vector = document_vectors.get(document["_id"])
                 if vector is None:
                     sys.exit(f"{vectors_dir}/{collection}.vec: no vector for document {document['_id']}")
-                words = set(words_of(document))
                 stems = {w[:5] for w in words}
                 cosine = candidate_vectors @ vector
                 terms = []
