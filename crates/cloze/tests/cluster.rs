@@ -301,8 +301,8 @@ fn a_cluster_ranks_as_one_node_and_keeps_every_acknowledged_write_through_failur
     }
     loading.store(false, Ordering::SeqCst);
     let rounds = loader.join().unwrap();
-    let last =
-        post(&format!("{router}/collections/docs/_bulk?refresh=wait_for"), &bulks[0]).unwrap();
+    let last = post(&format!("{router}/collections/docs/_bulk?refresh=wait_for"), &bulks[0])
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     assert_eq!(last["errors"], false);
     let (searches, failures) = search_load.finish();
     assert!(
@@ -356,7 +356,7 @@ fn a_cluster_ranks_as_one_node_and_keeps_every_acknowledged_write_through_failur
         &failures[..failures.len().min(5)]
     );
     post(&format!("{router}/collections/docs/_bulk?refresh=wait_for"), &extra_bulk(400, 100))
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
     cluster.wait_until_caught_up("docs", Duration::from_secs(180));
     assert_eq!(check_replicas_agree(&cluster), documents as u64 + 500);
 

@@ -159,10 +159,20 @@ pub async fn restart_consumer(
     Ok(Rotation { consumer, older: older.into_iter().map(|(_, name)| name).collect(), retire_at })
 }
 
-/// Deletes the named consumers.
+/// Deletes the named consumers; those already gone are no error, so a deletion cut short can
+/// be tried again with the same names.
 pub async fn delete_named(stream: &stream::Stream, names: &[String]) -> Result<(), ClusterError> {
     for name in names {
-        stream.delete_consumer(name).await.map_err(ClusterError::jetstream)?;
+        if let Err(error) = stream.delete_consumer(name).await {
+            let gone = matches!(
+                error.kind(),
+                stream::ConsumerErrorKind::JetStream(ref e)
+                    if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+            );
+            if !gone {
+                return Err(ClusterError::jetstream(error));
+            }
+        }
     }
     Ok(())
 }

@@ -28,6 +28,13 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// How long a node waits for another to pack and hand over a snapshot of one partition. A node
 /// that dies while packing never answers, so this bounds the wait before the next source.
 const SNAPSHOT_PATIENCE: Duration = Duration::from_secs(30);
+/// How often a replica whose consumer delivers nothing compares its position with the log's.
+/// After a NATS server was cut off and came back, a consumer can stop delivering although the
+/// log holds more; a replica seen behind at two looks in a row reads what it misses from the
+/// log's leader, then goes on through a new consumer instead of waiting on that one forever.
+const STALL_CHECK: Duration = Duration::from_secs(5);
+/// How long a replica waits before it tries again to delete its older consumers.
+const RETIRE_RETRY: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -255,9 +262,12 @@ impl Shared {
         handle: &ReplicaHandle,
     ) -> Result<(), ClusterError> {
         let stream = log::create_stream(&self.js, &map.name, partition, self.nats_replicas).await?;
-        // The consumer first: from now on the stream keeps what this replica has not applied.
-        let consumer = log::ensure_consumer(&stream, &map.name, partition, &self.id).await?;
         if handle.current().is_none() {
+            // The consumer first: from now on the stream keeps what this replica has not
+            // applied. An open replica skips this: its newest consumer already keeps the log,
+            // and may be the one that went quiet (after a NATS server was cut off, a
+            // consumer can be left with no leader, and every request to it fails).
+            let consumer = log::ensure_consumer(&stream, &map.name, partition, &self.id).await?;
             let acknowledged = consumer.cached_info().ack_floor.stream_sequence;
             let collection = self.open_or_copy(map, partition, acknowledged).await?;
             self.share_encoder(&collection).await?;
@@ -266,6 +276,8 @@ impl Shared {
         let applied = handle.log_position.load(Ordering::SeqCst);
         let log::Rotation { mut consumer, mut older, retire_at } =
             log::restart_consumer(&stream, &map.name, partition, &self.id, applied).await?;
+        let mut stall = StallWatch::new();
+        let mut next_retirement = Instant::now();
         loop {
             if handle.stop.load(Ordering::SeqCst) {
                 return Ok(());
@@ -296,18 +308,51 @@ impl Shared {
                     messages.push(message.map_err(ClusterError::jetstream)?);
                 }
                 drop(waiting);
-                if messages.is_empty() {
+            }
+            // Each message's log position and body, whether the consumer delivered it or it
+            // was read from the log's leader past a consumer that went quiet.
+            let mut entries: Vec<(u64, bytes::Bytes)> = Vec::with_capacity(messages.len());
+            for message in &messages {
+                let position = message.info().map_err(ClusterError::jetstream)?.stream_sequence;
+                entries.push((position, message.payload.clone()));
+            }
+            let mut stalled = false;
+            if entries.is_empty() && lost.is_none() {
+                if !stall.due() {
                     continue;
                 }
+                let applied = handle.log_position.load(Ordering::SeqCst);
+                let info = stream.get_info().await.map_err(ClusterError::jetstream)?;
+                let last = info.state.last_sequence;
+                if !stall.still_behind(applied, last) {
+                    continue;
+                }
+                let until = last.min(applied + BATCH as u64);
+                for position in applied + 1..=until {
+                    let message =
+                        stream.get_raw_message(position).await.map_err(ClusterError::jetstream)?;
+                    entries.push((message.sequence, message.payload));
+                }
+                tracing::warn!(
+                    collection = %map.name,
+                    partition,
+                    "the log holds position {last}, but its consumer delivered nothing past \
+                     {applied} at two looks {} s apart: read {} to {until} from the log's leader",
+                    STALL_CHECK.as_secs(),
+                    applied + 1
+                );
+                stalled = true;
+            } else {
+                stall = StallWatch::new();
             }
             // The partition's log numbers its writes without holes: only the messages up to
             // the first one out of place are applied, and the log is read again from there.
             let applied = handle.log_position.load(Ordering::SeqCst);
             let mut changes: Vec<Change> = Vec::new();
             let mut last = applied;
-            let mut in_order = messages.len();
-            for (i, message) in messages.iter().enumerate() {
-                let position = message.info().map_err(ClusterError::jetstream)?.stream_sequence;
+            let mut in_order = entries.len();
+            for (i, (position, payload)) in entries.iter().enumerate() {
+                let position = *position;
                 if position <= last {
                     continue; // already in the last commit, or delivered twice
                 }
@@ -319,7 +364,7 @@ impl Shared {
                     in_order = i;
                     break;
                 }
-                match serde_json::from_slice::<LogEntry>(&message.payload) {
+                match serde_json::from_slice::<LogEntry>(payload) {
                     Ok(entry) => changes.extend(entry.changes.into_iter().map(Change::from)),
                     Err(error) => tracing::error!(
                         collection = %map.name,
@@ -330,7 +375,7 @@ impl Shared {
                 }
                 last = position;
             }
-            messages.truncate(in_order);
+            messages.truncate(in_order.min(messages.len()));
             if last > applied {
                 // Only embedding needs the turn: keyword-only applies are light and many.
                 let embeds = handle.current().is_some_and(|c| c.has_model());
@@ -372,17 +417,34 @@ impl Shared {
             if handle.log_position.load(Ordering::SeqCst) >= retire_at {
                 handle.mark_ready(&map.name, partition);
             }
-            if !older.is_empty() && handle.log_position.load(Ordering::SeqCst) >= retire_at {
+            if !older.is_empty()
+                && handle.log_position.load(Ordering::SeqCst) >= retire_at
+                && next_retirement <= Instant::now()
+            {
                 // Acknowledgements are not confirmed one by one: ask the consumer.
                 let acknowledged = consumer.info().await.map_err(ClusterError::jetstream)?;
                 if acknowledged.ack_floor.stream_sequence >= retire_at {
-                    log::delete_named(&stream, &older).await?;
-                    older.clear();
+                    // A consumer left with no leader may refuse to go for a while; this one
+                    // keeps reading meanwhile.
+                    match log::delete_named(&stream, &older).await {
+                        Ok(()) => older.clear(),
+                        Err(error) => {
+                            tracing::debug!(collection = %map.name, partition, "retiring older consumers: {error}");
+                            next_retirement = Instant::now() + RETIRE_RETRY;
+                        }
+                    }
                 }
             }
             if let Some(error) = lost {
                 return Err(ClusterError::JetStream(format!(
                     "{error}; reading the log again from position {}",
+                    handle.log_position.load(Ordering::SeqCst)
+                )));
+            }
+            if stalled {
+                // The quiet consumer is left for a new one that starts past what was read.
+                return Err(ClusterError::JetStream(format!(
+                    "a consumer of the log went quiet; reading the log again from position {}",
                     handle.log_position.load(Ordering::SeqCst)
                 )));
             }
@@ -686,10 +748,12 @@ impl Shared {
                 return Ok(serde_json::to_vec(&WaitAnswer::Ok(position)).expect("serializes"));
             }
             if Instant::now() >= deadline {
-                return Err(format!(
+                // An answer, not a failure: the replica is there, still applying.
+                let behind = WaitAnswer::Err(format!(
                     "node {}'s replica of partition {} reached log position {position} of {} in {} ms",
                     self.id, request.partition, request.position, request.timeout_ms
                 ));
+                return Ok(serde_json::to_vec(&behind).expect("serializes"));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -891,6 +955,42 @@ struct NodeError {
     error: String,
 }
 
+/// Tells a replica whose consumer went quiet while the log holds more from one that is
+/// simply idle.
+struct StallWatch {
+    idle_since: Instant,
+    /// The position the replica was at when it was last seen behind the log.
+    behind_at: Option<u64>,
+}
+
+impl StallWatch {
+    fn new() -> StallWatch {
+        StallWatch { idle_since: Instant::now(), behind_at: None }
+    }
+
+    /// Whether it is time to look at the log again; restarts the clock if so.
+    fn due(&mut self) -> bool {
+        let due = self.idle_since.elapsed() >= STALL_CHECK;
+        if due {
+            self.idle_since = Instant::now();
+        }
+        due
+    }
+
+    /// Records a look at the log: true when the replica was behind it at the last look too,
+    /// without having moved. One look behind is not enough: a write published a moment ago
+    /// is on its way.
+    fn still_behind(&mut self, applied: u64, log_last: u64) -> bool {
+        if log_last <= applied {
+            self.behind_at = None;
+            return false;
+        }
+        let stalled = self.behind_at == Some(applied);
+        self.behind_at = Some(applied);
+        stalled
+    }
+}
+
 /// How long a pull from a consumer may go unanswered. A pull request sent to a NATS server
 /// that was then cut off is never answered, and the client library does not give up on it:
 /// without this bound the replica would wait forever instead of asking again.
@@ -905,4 +1005,22 @@ async fn within_pull_patience<T>(
             PULL_PATIENCE.as_secs()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StallWatch;
+
+    #[test]
+    fn a_replica_is_stalled_only_when_seen_behind_twice_without_moving() {
+        let mut watch = StallWatch::new();
+        assert!(!watch.still_behind(10, 10), "caught up");
+        assert!(!watch.still_behind(10, 12), "a write on its way");
+        assert!(watch.still_behind(10, 12), "behind at the same position twice");
+        let mut watch = StallWatch::new();
+        assert!(!watch.still_behind(10, 12));
+        assert!(!watch.still_behind(11, 12), "it moved");
+        assert!(!watch.still_behind(12, 12));
+        assert!(!watch.still_behind(12, 13), "caught up in between");
+    }
 }

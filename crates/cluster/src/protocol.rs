@@ -106,7 +106,7 @@ pub struct WaitRequest {
     pub timeout_ms: u64,
 }
 
-/// The position reached.
+/// The position reached, or where the replica still was when the wait ran out.
 pub type WaitAnswer = Result<u64, String>;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

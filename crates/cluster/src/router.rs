@@ -36,6 +36,14 @@ const RETRY_PATIENCE: Duration = Duration::from_secs(30);
 /// that embed every document with a model to work through a large backlog.
 const WAIT_PATIENCE: Duration = Duration::from_secs(600);
 
+/// How long one wait request asks a node to wait before it says how far its replica got. A
+/// request or its answer lost on the way (NATS delivers at most once, and a route between
+/// servers can drop while a server is cut off) then costs one round, not the whole patience.
+const WAIT_ROUND: Duration = Duration::from_secs(10);
+
+/// Rounds in a row a replica may leave unanswered before a bulk stops waiting on it.
+const SILENT_ROUNDS: u32 = 2;
+
 /// How long one read of a collection's map may take before the router answers from the copy it
 /// read last. While a NATS server is cut off, its clients and the streams it led take seconds
 /// to move on; a partition count never changes and a stale replica list only costs a retry.
@@ -285,39 +293,79 @@ impl Router {
     }
 
     /// Waits until every replica that answers has applied each partition up to its position;
-    /// at least one replica of each partition must.
+    /// at least one replica of each partition must. A replica that is behind says so at the
+    /// end of each round and is waited on again; one that does not answer for
+    /// [`SILENT_ROUNDS`] rounds is not.
     async fn wait_for(
         &self,
         map: &CollectionMap,
         positions: &BTreeMap<u32, u64>,
     ) -> Result<(), ClusterError> {
-        let mut waits = Vec::new();
-        for (&partition, &position) in positions {
-            for replica in &map.assignment[partition as usize] {
-                let request = WaitRequest {
-                    collection: map.name.clone(),
+        struct Waiting<'a> {
+            partition: u32,
+            position: u64,
+            node: &'a str,
+            silent: u32,
+        }
+        let mut waiting: Vec<Waiting> = positions
+            .iter()
+            .flat_map(|(&partition, &position)| {
+                map.assignment[partition as usize].iter().map(move |replica| Waiting {
                     partition,
                     position,
-                    timeout_ms: WAIT_PATIENCE.as_millis() as u64,
+                    node: &replica.node,
+                    silent: 0,
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + WAIT_PATIENCE;
+        let mut confirmed: BTreeSet<u32> = BTreeSet::new();
+        while !waiting.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let round = WAIT_ROUND.min(left);
+            let answers = join_all(waiting.iter().map(|wait| {
+                let request = WaitRequest {
+                    collection: map.name.clone(),
+                    partition: wait.partition,
+                    position: wait.position,
+                    timeout_ms: round.as_millis() as u64,
                 };
-                let subject = subject(&replica.node, WAIT);
-                waits.push(async move {
-                    let answer: Result<WaitAnswer, _> = request_json(
+                let subject = subject(wait.node, WAIT);
+                async move {
+                    request_json::<_, WaitAnswer>(
                         &self.client,
                         &subject,
                         &request,
-                        WAIT_PATIENCE + Duration::from_secs(5),
+                        round + Duration::from_secs(5),
                     )
-                    .await;
-                    (partition, answer.ok().and_then(Result::ok).is_some())
-                });
+                    .await
+                }
+            }))
+            .await;
+            let mut still = Vec::new();
+            for (mut wait, answer) in waiting.into_iter().zip(answers) {
+                match answer {
+                    Ok(Ok(_)) => {
+                        confirmed.insert(wait.partition);
+                    }
+                    Ok(Err(behind)) => {
+                        tracing::debug!("waiting on: {behind}");
+                        wait.silent = 0;
+                        still.push(wait);
+                    }
+                    Err(error) => {
+                        tracing::debug!("waiting on node {}: {error}", wait.node);
+                        wait.silent += 1;
+                        if wait.silent < SILENT_ROUNDS {
+                            still.push(wait);
+                        }
+                    }
+                }
             }
-        }
-        let mut confirmed: BTreeSet<u32> = BTreeSet::new();
-        for (partition, applied) in join_all(waits).await {
-            if applied {
-                confirmed.insert(partition);
-            }
+            waiting = still;
         }
         let unconfirmed: Vec<u32> =
             positions.keys().filter(|p| !confirmed.contains(p)).copied().collect();
