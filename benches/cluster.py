@@ -4,8 +4,8 @@
         [--skip-keyword-ingest | --keyword-ingest-only]
 
 It builds the release binary and starts, on loopback, three NATS servers in one JetStream
-cluster (Debian's `nats-server`), three `cloze node`s and a `cloze router`, and beside them one
-`cloze serve`. Then, on SciFact ($CLOZE_TEST_DATA, default ../shared/data):
+cluster (the `nats-server` on PATH; tests/install-deps.sh installs one), three `cloze node`s
+and a `cloze router`, and beside them one `cloze serve`. Then, on SciFact ($CLOZE_TEST_DATA, default ../shared/data):
 
 1. Ingest: the corpus in bulks of 500 documents into a keyword-only collection on each side,
    three times, alternating; documents/s until the last bulk is searchable (the router's
