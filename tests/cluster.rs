@@ -145,6 +145,25 @@ fn unsafe_geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// POSTs a JSON body and reads the JSON answer; a status other than 200 or 201 is an error
+/// with the body. Two minutes at most: a cluster test's waits are bounded.
+pub fn post(url: &str, body: &str) -> Result<Value, String> {
+    let mut response = ureq::post(url)
+        .header("Content-Type", "application/json")
+        .config()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .send(body)
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
+    if status != 200 && status != 201 {
+        return Err(format!("{url}: {status} {text}"));
+    }
+    serde_json::from_str(&text).map_err(|e| format!("{url}: {e}: {text}"))
+}
+
 /// A child process killed on drop, its output in a log file.
 pub struct Process {
     child: Child,

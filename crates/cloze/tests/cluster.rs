@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use cloze_corpus::{read_queries, DocumentReader, FieldMapping};
 use cloze_tests::beir_collection;
-use cloze_tests::cluster::{caught_up, Cluster, Process};
+use cloze_tests::cluster::{caught_up, post, Cluster, Process};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{json, Value};
@@ -60,23 +60,6 @@ fn scifact_bulks() -> (Vec<String>, usize) {
         })
         .collect();
     (bodies, count)
-}
-
-fn post(url: &str, body: &str) -> Result<Value, String> {
-    let mut response = ureq::post(url)
-        .header("Content-Type", "application/json")
-        .config()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .send(body)
-        .map_err(|e| format!("{url}: {e}"))?;
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().map_err(|e| e.to_string())?;
-    if status != 200 && status != 201 {
-        return Err(format!("{url}: {status} {text}"));
-    }
-    serde_json::from_str(&text).map_err(|e| format!("{url}: {e}: {text}"))
 }
 
 fn put(url: &str, body: &str) -> Value {
