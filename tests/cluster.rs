@@ -176,7 +176,8 @@ impl Process {
         Process { child, log }
     }
 
-    fn spawn(mut command: Command, log: PathBuf) -> Process {
+    /// Starts `command` with its output going to `log`.
+    pub fn spawn(mut command: Command, log: PathBuf) -> Process {
         let file = std::fs::File::create(&log).expect("log file");
         let child = command
             .stdin(Stdio::null())
@@ -334,47 +335,14 @@ impl Cluster {
     }
 
     fn start_router(&mut self) {
-        let mut command = Command::new(&self.bin);
-        command
-            .env("RUST_LOG", "info,async_nats=warn")
-            .args(["router", "--bind", "127.0.0.1:0", "--nats", &self.nats_urls(1)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped());
-        let log = self.dir.path().join("router.log");
-        command.stderr(std::fs::File::create(&log).expect("log file"));
-        let mut child = command.spawn().expect("starts the router");
-        let stdout = child.stdout.take().expect("piped");
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("reads the router's address");
-        let address = line.trim().strip_prefix("listening on ").unwrap_or_else(|| {
-            panic!(
-                "the router said {line:?}: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-        self.router_url = address.to_string();
-        self.router = Some(Process { child, log });
+        let (router, url) = start_router(&self.bin, &self.nats_urls(1), &[], self.dir.path());
+        self.router_url = url;
+        self.router = Some(router);
     }
 
     /// Waits until `count` nodes are live.
     pub fn wait_for_nodes(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let live = self.state().map_or(0, |state| {
-                state["nodes"]
-                    .as_array()
-                    .map_or(0, |n| n.iter().filter(|n| n["live"] == true).count())
-            });
-            if live >= count {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{live} of {count} nodes live after 60 s: {}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        wait_for_live_nodes(&self.router_url, count, || self.logs());
     }
 
     /// `GET /_cluster`.
@@ -428,6 +396,50 @@ impl Cluster {
             });
         }
         logs
+    }
+}
+
+/// Starts `cloze router` on loopback (`bin` is the `cloze` binary, `extra` more arguments), its
+/// log in `dir`; returns it and its URL.
+pub fn start_router(bin: &Path, nats: &str, extra: &[&str], dir: &Path) -> (Process, String) {
+    let mut command = Command::new(bin);
+    command
+        .env("RUST_LOG", "info,async_nats=warn")
+        .args(["router", "--bind", "127.0.0.1:0", "--nats", nats])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    let log = dir.join("router.log");
+    command.stderr(std::fs::File::create(&log).expect("log file"));
+    let mut child = command.spawn().expect("starts the router");
+    let stdout = child.stdout.take().expect("piped");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("reads the router's address");
+    let address = line.trim().strip_prefix("listening on ").unwrap_or_else(|| {
+        panic!("the router said {line:?}: {}", std::fs::read_to_string(&log).unwrap_or_default())
+    });
+    let url = address.to_string();
+    (Process { child, log }, url)
+}
+
+/// Waits until `count` nodes are live in the router at `router`; `logs` says why not.
+pub fn wait_for_live_nodes(router: &str, count: usize, logs: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live = ureq::get(&format!("{router}/_cluster"))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_json::<Value>().ok())
+            .map_or(0, |state| {
+                state["nodes"]
+                    .as_array()
+                    .map_or(0, |n| n.iter().filter(|n| n["live"] == true).count())
+            });
+        if live >= count {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{live} of {count} nodes live after 60 s: {}", logs());
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -5,12 +5,11 @@
 //! made quiet on purpose by pausing it (JetStream 2.11 or later), on one NATS server on
 //! loopback with one node and one router.
 
-use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cloze_tests::cluster::{post, Process};
+use cloze_tests::cluster::{post, start_router, wait_for_live_nodes, Process};
 use serde_json::{json, Value};
 
 fn free_port() -> u16 {
@@ -62,61 +61,24 @@ fn a_replica_whose_consumer_goes_quiet_still_applies_writes() {
     server
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(dir.path().join("nats"));
-    let log = dir.path().join("nats.log");
-    let file = std::fs::File::create(&log).unwrap();
-    let child = server
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .spawn()
-        .expect("nats-server (tests/install-deps.sh installs it)");
-    let _server = Process::adopt(child, log);
+    let _server = Process::spawn(server, dir.path().join("nats.log"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "nats-server did not listen in 30 s");
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let bin = env!("CARGO_BIN_EXE_cloze");
-    let node_log = dir.path().join("node.log");
-    let child = Command::new(bin)
-        .env("RUST_LOG", "info,async_nats=warn")
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_cloze"));
+    let mut node = Command::new(bin);
+    node.env("RUST_LOG", "info,async_nats=warn")
         .arg("--data-dir")
         .arg(dir.path().join("node"))
-        .args(["node", "--id", "n1", "--nats", &nats, "--nats-replicas", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&node_log).unwrap())
-        .spawn()
-        .unwrap();
-    let _node = Process::adopt(child, node_log.clone());
-    let router_log = dir.path().join("router.log");
-    let mut child = Command::new(bin)
-        .env("RUST_LOG", "info,async_nats=warn")
-        .args(["router", "--bind", "127.0.0.1:0", "--nats", &nats, "--nats-replicas", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&router_log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let _router = Process::adopt(child, router_log);
-    let router =
-        line.trim().strip_prefix("listening on ").expect("the router's address").to_string();
-
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let live = ureq::get(&format!("{router}/_cluster"))
-            .call()
-            .ok()
-            .and_then(|mut r| r.body_mut().read_json::<Value>().ok())
-            .is_some_and(|state| state["nodes"].as_array().is_some_and(|n| n.len() == 1));
-        if live {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the node did not join in 60 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        .args(["node", "--id", "n1", "--nats", &nats, "--nats-replicas", "1"]);
+    let node_log = dir.path().join("node.log");
+    let _node = Process::spawn(node, node_log.clone());
+    let (_router, router) = start_router(bin, &nats, &["--nats-replicas", "1"], dir.path());
+    let logs = || std::fs::read_to_string(&node_log).unwrap_or_default();
+    wait_for_live_nodes(&router, 1, logs);
     ureq::put(&format!("{router}/collections/docs"))
         .header("Content-Type", "application/json")
         .send(json!({"partitions": 1, "replicas": 1}).to_string())
@@ -129,7 +91,6 @@ fn a_replica_whose_consumer_goes_quiet_still_applies_writes() {
     // this client gives up after two).
     let answer =
         post(&waited, &bulk_of("second", "zebras gallop, written while the consumer is paused"));
-    let logs = || std::fs::read_to_string(&node_log).unwrap_or_default();
     answer.unwrap_or_else(|e| panic!("{e}\nnode log:\n{}", logs()));
     let found =
         post(&format!("{router}/collections/docs/_search"), &json!({"q": "zebras"}).to_string())
