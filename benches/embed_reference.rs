@@ -87,6 +87,7 @@ fn main() {
         window_overlap: None,
         window_length: None,
         hnsw: HnswSettings::default(),
+        expansion: None,
     };
     let mut collection =
         DataDir::new(dir.path()).create(name, AnalyzerSettings::default(), Some(semantic)).unwrap();

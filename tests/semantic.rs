@@ -70,6 +70,7 @@ impl Fixture {
             window_overlap,
             window_length,
             hnsw: HnswSettings::default(),
+            expansion: None,
         };
         self.data.create(name, AnalyzerSettings::default(), Some(semantic))
     }

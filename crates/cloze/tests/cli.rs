@@ -203,6 +203,37 @@ fn custom_fields_gzip_and_metadata() {
 }
 
 #[test]
+fn an_expanded_collection_finds_documents_by_their_neighbours_words() {
+    let ws = Workspace::new();
+    let corpus = ws.file(
+        "vectors.jsonl",
+        r#"{"_id": "paper", "title": "", "text": "myocardial infarction outcomes", "vector": [1, 0]}
+{"_id": "news", "title": "", "text": "heart attack survival", "vector": [0.9, 0.1]}
+{"_id": "boat", "title": "", "text": "sailing", "vector": [0, 1]}
+{"_id": "ship", "title": "", "text": "harbour", "vector": [0.1, 0.9]}
+"#,
+    );
+    let index = |collection: &str, extra: &[&str]| {
+        let mut args = vec!["index", "--collection", collection, "--corpus", path(&corpus)];
+        args.extend_from_slice(extra);
+        ws.cloze(&args)
+    };
+    let expand = ["--vector-field", "vector", "--expand", "--expansion-neighbours", "1"];
+    assert!(index("e", &expand).status.success());
+    assert_eq!(ws.hit_ids("e", "heart attack"), ["news", "paper"]);
+    assert!(index("plain", &expand[..2]).status.success());
+    assert_eq!(ws.hit_ids("plain", "heart attack"), ["news"]);
+
+    let refused =
+        index("e", &["--vector-field", "vector", "--expand", "--expansion-neighbours", "2"]);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("--expansion-neighbours: collection \"e\" was created"), "{message}");
+    let refused = index("words", &["--expand"]);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && message.contains("--model"), "{message}");
+}
+
+#[test]
 fn an_empty_corpus_makes_an_empty_collection() {
     let ws = Workspace::new();
     let out =

@@ -234,6 +234,20 @@ fn a_cluster_ranks_as_one_node_and_keeps_every_acknowledged_write_through_failur
     let router = cluster.router_url.clone();
     let (_single, single) = single_node(cluster.dir.path());
     let settings = json!({"dimension": DIMENSION, "partitions": PARTITIONS, "replicas": REPLICAS});
+    // Replicas apply the log in batches of their own, so a document's neighbours, and its
+    // expansion, would differ between them.
+    let mut expanding = settings.clone();
+    expanding["expansion"] = json!({});
+    let mut refused = ureq::put(&format!("{router}/collections/expanding"))
+        .header("Content-Type", "application/json")
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(expanding.to_string())
+        .unwrap();
+    let reason = refused.body_mut().read_to_string().unwrap();
+    assert_eq!(refused.status().as_u16(), 400, "{reason}");
+    assert!(reason.contains("expansion: not available for a clustered collection"), "{reason}");
     let created = put(&format!("{router}/collections/docs"), &settings.to_string());
     assert_eq!(created["partitions"], PARTITIONS, "{created}");
     // Two live replicas of every partition before the first node is killed.

@@ -34,6 +34,32 @@ fn documents_and_queries_bring_their_own_vectors() {
     let found = server.search("v", json!({"mode": "hybrid", "q": "river", "vector": [1, 0.1, 0]}));
     assert_eq!(ids(&found)[0], "x");
 
+    // Expanding collections borrow the text of each document's nearest neighbour.
+    server.refused("PUT", "/collections/e", r#"{"expansion": {}}"#, 400, "need vectors");
+    let zero = r#"{"dimension": 2, "expansion": {"neighbours": 0}}"#;
+    server.refused("PUT", "/collections/e", zero, 400, "expansion.neighbours is 0");
+    let negative = r#"{"dimension": 2, "expansion": {"weight": -1}}"#;
+    server.refused("PUT", "/collections/e", negative, 400, "expansion.weight is -1");
+    let created = server.ok(
+        "PUT",
+        "/collections/e",
+        Some(r#"{"dimension": 2, "expansion": {"neighbours": 1}}"#),
+    );
+    assert_eq!(
+        created["settings"]["semantic"]["expansion"],
+        json!({"neighbours": 1, "weight": 0.4})
+    );
+    let body = [
+        document("paper", "myocardial infarction", &[1.0, 0.0]),
+        document("news", "heart attack", &[0.9, 0.1]),
+        document("boat", "sailing", &[0.0, 1.0]),
+        document("ship", "harbour", &[0.1, 0.9]),
+    ]
+    .concat();
+    server.ok("POST", "/collections/e/_bulk", Some(&body));
+    let found = server.search("e", json!({"q": "heart attack"}));
+    assert_eq!(ids(&found), ["news", "paper"]);
+
     // Every wrong line is listed, and nothing is applied.
     let bad = [
         document("a", "fine", &[1.0, 1.0, 1.0]),

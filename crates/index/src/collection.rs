@@ -36,7 +36,7 @@ use crate::encoder::{Encoder, ModelRecord};
 use crate::error::IndexError;
 use crate::files::process_is_running;
 use crate::live_statistics::BodyLengths;
-use crate::manifest::{FusionSettings, Manifest, SemanticSettings};
+use crate::manifest::{ExpansionSettings, FusionSettings, Manifest, SemanticSettings};
 use crate::merge::{self, BuiltMerge, MergePlan};
 use crate::nearest::Neighbour;
 use crate::vectors::{VectorIndex, VECTORS_DIR};
@@ -288,6 +288,9 @@ pub struct Fields {
     pub body: Field,
     /// The document's other JSON fields.
     pub metadata: Field,
+    /// The text of the document's nearest documents, analysed, for a collection with
+    /// [`ExpansionSettings`]; collections created before it existed lack the field.
+    pub expansion: Option<Field>,
 }
 
 fn schema() -> Schema {
@@ -298,12 +301,13 @@ fn schema() -> Schema {
     let body = TextFieldIndexing::default()
         .set_tokenizer(ANALYZER_NAME)
         .set_index_option(IndexRecordOption::WithFreqs);
-    builder.add_text_field("body", TextOptions::default().set_indexing_options(body));
+    builder.add_text_field("body", TextOptions::default().set_indexing_options(body.clone()));
     let metadata = JsonObjectOptions::default()
         .set_stored()
         .set_indexing_options(TextFieldIndexing::default().set_tokenizer("raw"))
         .set_fast("raw");
     builder.add_json_field("metadata", metadata);
+    builder.add_text_field("expansion", TextOptions::default().set_indexing_options(body));
     builder.build()
 }
 
@@ -315,6 +319,7 @@ impl Fields {
             text: schema.get_field("text")?,
             body: schema.get_field("body")?,
             metadata: schema.get_field("metadata")?,
+            expansion: schema.get_field("expansion").ok(),
         })
     }
 }
@@ -400,6 +405,16 @@ impl Collection {
         let index = Index::open_in_dir(dir.join(TANTIVY_DIR)).map_err(tantivy_error)?;
         index.tokenizers().register(ANALYZER_NAME, manifest.analyzer.build());
         let fields = Fields::of(&index.schema()).map_err(tantivy_error)?;
+        let expands =
+            manifest.semantic.as_ref().is_some_and(|semantic| semantic.expansion.is_some());
+        if expands && fields.expansion.is_none() {
+            return Err(IndexError::InvalidManifest {
+                path: dir.join(crate::manifest::MANIFEST_FILE),
+                message: "semantic.expansion is set, but the keyword index has no expansion \
+                          field (it was created by an older Cloze): index into a new collection"
+                    .to_string(),
+            });
+        }
         // A writer in another process may commit while this opens: the tantivy reader and the
         // vectors must come from the same commit. The generation read before loading the
         // vectors and again after building the reader is the same only if no commit came in
@@ -654,6 +669,10 @@ impl Collection {
         IndexError: From<E>,
     {
         let searcher = self.searcher();
+        let expansion = self.expansion();
+        // With expansion, documents reach tantivy last, once every vector of the write is in
+        // place to find their neighbours among.
+        let mut deferred: Vec<Document> = Vec::new();
         // Whether each id touched so far is present after the changes before this one.
         let mut present: HashMap<String, bool> = HashMap::new();
         // Documents waiting to be embedded, with their text, and their ids.
@@ -674,9 +693,18 @@ impl Collection {
             writer.delete_term(Term::from_field_text(self.fields.id, &id));
             match change {
                 Change::Upsert(document) => {
-                    writer
-                        .add_document(self.tantivy_document(&document))
-                        .map_err(|e| self.tantivy_error(e))?;
+                    if expansion.is_some() {
+                        // The id's earlier version in this write is replaced, as delete_term
+                        // above does for committed ones.
+                        if present.contains_key(&id) {
+                            deferred.retain(|earlier| earlier.id != document.id);
+                        }
+                        deferred.push(Document { vector: None, ..document.clone() });
+                    } else {
+                        writer
+                            .add_document(self.tantivy_document(&document))
+                            .map_err(|e| self.tantivy_error(e))?;
+                    }
                     present.insert(id, true);
                     outcomes.push(if existed { Outcome::Updated } else { Outcome::Created });
                     if let Some(semantic) = &self.manifest.semantic {
@@ -718,6 +746,9 @@ impl Collection {
                     }
                 }
                 Change::Delete(id) => {
+                    if present.contains_key(&id) {
+                        deferred.retain(|earlier| earlier.id != id);
+                    }
                     // Vectors still waiting to be embedded would come back after the removal.
                     pending_ids.clear();
                     self.embed(&mut pending, &mut staged, on_change)?;
@@ -734,6 +765,80 @@ impl Collection {
         self.embed(&mut pending, &mut staged, on_change)?;
         if let Some(vectors) = self.vectors.as_mut() {
             vectors.add_segment(staged.documents);
+        }
+        if let Some((field, settings)) = expansion {
+            self.write_expanded(writer, &searcher, &deferred, field, settings)?;
+        }
+        Ok(())
+    }
+
+    /// The expansion field and its settings, for a collection that expands its documents.
+    pub fn expansion(&self) -> Option<(Field, ExpansionSettings)> {
+        let settings = self.manifest.semantic.as_ref()?.expansion?;
+        Some((self.fields.expansion?, settings))
+    }
+
+    /// Writes `documents` to tantivy, each with the text of its nearest documents (by the mean
+    /// of its vectors) in the expansion field. The vector index already holds this write's
+    /// vectors, so documents of the same write are among each other's neighbours; a neighbour
+    /// written before comes from `searcher`, the last commit.
+    fn write_expanded(
+        &self,
+        writer: &mut IndexWriter,
+        searcher: &Searcher,
+        documents: &[Document],
+        field: Field,
+        settings: ExpansionSettings,
+    ) -> Result<(), IndexError> {
+        let semantic = self.semantic()?;
+        let (ef_search, dimension) = (semantic.hnsw.ef_search, semantic.dimension());
+        let Some(vectors) = &self.vectors else {
+            return Err(IndexError::NoModel(self.name.clone()));
+        };
+        tracing::info!(
+            documents = documents.len(),
+            neighbours = settings.neighbours,
+            "finding each document's nearest documents to expand it with"
+        );
+        let queries: Vec<Option<Vec<f32>>> = documents
+            .iter()
+            .map(|document| {
+                let mean = vectors.mean_vector(&[document.id.as_str()])?;
+                unit_vector(mean, dimension).ok()
+            })
+            .collect();
+        let asked: Vec<Vec<f32>> = queries.iter().flatten().cloned().collect();
+        // One more than wanted: a document is its own nearest.
+        let mut found = vectors
+            .nearest_each(&asked, settings.neighbours + 1, ef_search)
+            .map_err(|source| IndexError::Similarity {
+                collection: self.name.clone(),
+                source: Box::new(source),
+            })?
+            .into_iter();
+        let written: HashMap<&str, &Document> =
+            documents.iter().map(|document| (document.id.as_str(), document)).collect();
+        for (document, query) in documents.iter().zip(&queries) {
+            let neighbours = match query {
+                Some(_) => found.next().unwrap_or_default(),
+                None => Vec::new(),
+            };
+            let mut expansion = String::new();
+            let others = neighbours.into_iter().filter(|neighbour| neighbour.id != document.id);
+            for neighbour in others.take(settings.neighbours) {
+                let text = match written.get(neighbour.id.as_str()) {
+                    Some(written) => written.searchable_text(),
+                    None => match self.address(searcher, &neighbour.id)? {
+                        Some(address) => self.stored_document(searcher, address)?.searchable_text(),
+                        None => continue,
+                    },
+                };
+                expansion.push_str(&text);
+                expansion.push('\n');
+            }
+            let mut entry = self.tantivy_document(document);
+            entry.add_text(field, &expansion);
+            writer.add_document(entry).map_err(|e| self.tantivy_error(e))?;
         }
         Ok(())
     }
@@ -1277,6 +1382,89 @@ mod tests {
         assert_eq!(reopened.manifest().document_count, 2);
         assert_eq!(find(&reopened, "b").unwrap().text, "again");
         assert_eq!(data.collection_names().unwrap(), ["docs"]);
+    }
+
+    /// A collection whose documents bring 2-dimensional vectors and lend their text to their
+    /// nearest neighbour.
+    fn expanding(data: &DataDir) -> Collection {
+        let semantic = SemanticSettings {
+            expansion: Some(ExpansionSettings { neighbours: 1, weight: 0.5 }),
+            ..SemanticSettings::with_dimension(2, Default::default())
+        };
+        data.create("docs", AnalyzerSettings::default(), Some(semantic)).unwrap()
+    }
+
+    fn placed(id: &str, text: &str, vector: [f32; 2]) -> Result<Change, IndexError> {
+        Ok(Change::Upsert(Document { vector: Some(vector.to_vec()), ..document(id, "", text)? }))
+    }
+
+    /// The ids whose expansion field holds `word`, sorted.
+    fn expanded_with(collection: &Collection, word: &str) -> Vec<String> {
+        let (field, _) = collection.expansion().unwrap();
+        let searcher = collection.searcher();
+        let query = TermQuery::new(Term::from_field_text(field, word), IndexRecordOption::Basic);
+        let hits = searcher.search(&query, &TopDocs::with_limit(10).order_by_score()).unwrap();
+        let addresses: Vec<DocAddress> = hits.iter().map(|(_, address)| *address).collect();
+        let mut ids = collection.ids(&searcher, &addresses).unwrap();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn an_expanding_collection_indexes_each_document_with_its_nearest_ones_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        let mut collection = expanding(&data);
+        collection
+            .apply(
+                [
+                    placed("apple", "apple orchard", [1.0, 0.0]),
+                    placed("pear", "fruit", [0.9, 0.1]),
+                    placed("boat", "submarine", [0.0, 1.0]),
+                    // Gone by the end of the write, so no document's neighbour.
+                    placed("gone", "ghost", [0.95, 0.05]),
+                    Ok(Change::Delete("gone".into())),
+                    // Written twice: the second text is the one lent and stored.
+                    placed("ship", "draft", [0.1, 0.9]),
+                    placed("ship", "hull", [0.1, 0.9]),
+                ],
+                || {},
+            )
+            .unwrap();
+        assert_eq!(expanded_with(&collection, "fruit"), ["apple"]);
+        assert_eq!(expanded_with(&collection, "appl"), ["pear"]);
+        assert_eq!(expanded_with(&collection, "hull"), ["boat"]);
+        assert!(expanded_with(&collection, "ghost").is_empty());
+        assert!(expanded_with(&collection, "draft").is_empty());
+        assert!(find(&collection, "gone").is_none());
+        assert_eq!(find(&collection, "ship").unwrap().text, "hull");
+
+        // A later write finds neighbours among the committed documents too; those keep theirs.
+        collection.apply([placed("raft", "timber", [0.0, 1.0])], || {}).unwrap();
+        let reopened = data.open("docs").unwrap();
+        assert_eq!(expanded_with(&reopened, "submarin"), ["raft", "ship"]);
+        assert!(expanded_with(&reopened, "timber").is_empty());
+    }
+
+    #[test]
+    fn an_expanding_collection_needs_its_expansion_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        drop(expanding(&data));
+        // As a collection made before expansion existed would look with the setting added.
+        let schema = {
+            let mut builder = Schema::builder();
+            for field in schema().fields().filter(|(_, entry)| entry.name() != "expansion") {
+                builder.add_field(field.1.clone());
+            }
+            builder.build()
+        };
+        let tantivy_dir = dir.path().join("docs").join(TANTIVY_DIR);
+        std::fs::remove_dir_all(&tantivy_dir).unwrap();
+        std::fs::create_dir(&tantivy_dir).unwrap();
+        Index::create_in_dir(&tantivy_dir, schema).unwrap();
+        let error = data.open("docs").err().unwrap().to_string();
+        assert!(error.contains("no expansion field"), "{error}");
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub enum IndexError {
     DimensionMismatch { collection: String, expected: usize, found: usize },
     #[error("collection \"{0}\" kept changing while it was being opened; try again")]
     Busy(String),
+    #[error("comparing the vectors of collection \"{collection}\": {source}")]
+    Similarity { collection: String, source: Box<candle_core::Error> },
     #[error("the vectors in {path}: {message}")]
     CorruptVectors { path: PathBuf, message: String },
     #[error("the search index in {path}: {source}")]

@@ -33,7 +33,8 @@ pub use collection::{
 pub use encoder::{Encoder, ModelRecord};
 pub use error::IndexError;
 pub use manifest::{
-    FusionSettings, HnswSettings, Manifest, SemanticSettings, FORMAT_VERSION, MAX_DIMENSION,
+    ExpansionSettings, FusionSettings, HnswSettings, Manifest, SemanticSettings, FORMAT_VERSION,
+    MAX_DIMENSION, MAX_EXPANSION_NEIGHBOURS,
 };
 pub use merge::{BuiltMerge, MergePlan};
 pub use nearest::Neighbour;

@@ -16,6 +16,10 @@ use crate::vectors::{Part, VectorIndex};
 /// documents it must skip.
 const EXACT_FILTERED_SLOTS: usize = 10_000;
 
+/// Similarities computed at once when many queries are compared with a segment without a
+/// graph (64 MiB of them): a block of queries against every slot.
+const SIMILARITY_BLOCK: usize = 16 << 20;
+
 /// A nearest document: its id and cosine similarity to the query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Neighbour {
@@ -92,8 +96,49 @@ impl Part {
         slots: impl Iterator<Item = u32>,
         limit: usize,
     ) -> Vec<Neighbour> {
-        let mut scored: Vec<(u32, f32)> =
-            slots.map(|slot| (slot, self.segment.similarity(query, slot))).collect();
+        self.best_scored(
+            slots.map(|slot| (slot, self.segment.similarity(query, slot))).collect(),
+            limit,
+        )
+    }
+
+    /// The nearest documents to each query by their best live vector, every vector compared,
+    /// as [`Self::exact_among`] finds them: one matrix product per block of queries, which
+    /// the many queries of a document expansion need (each of a write's documents asked
+    /// against the write's own vectors).
+    fn exact_each(
+        &self,
+        queries: &[Vec<f32>],
+        limit: usize,
+        found: &mut [Vec<Neighbour>],
+    ) -> Result<(), candle_core::Error> {
+        let slots = self.segment.slots();
+        if slots == 0 || limit == 0 || queries.is_empty() {
+            return Ok(());
+        }
+        let dimension = self.segment.dimension;
+        let device = candle_core::Device::Cpu;
+        let vectors =
+            candle_core::Tensor::from_slice(&self.segment.vectors, (slots, dimension), &device)?;
+        let block = (SIMILARITY_BLOCK / slots).max(1);
+        for (queries, found) in queries.chunks(block).zip(found.chunks_mut(block)) {
+            let queries = candle_core::Tensor::from_slice(
+                &queries.concat(),
+                (queries.len(), dimension),
+                &device,
+            )?;
+            let similarities = queries.matmul(&vectors.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+            for (row, found) in similarities.chunks(slots).zip(found.iter_mut()) {
+                let live = row.iter().enumerate().filter(|&(slot, _)| self.is_live(slot as u32));
+                let scored = live.map(|(slot, &similarity)| (slot as u32, similarity)).collect();
+                found.extend(self.best_scored(scored, limit));
+            }
+        }
+        Ok(())
+    }
+
+    /// The best `limit` documents of scored slots, each by its best slot.
+    fn best_scored(&self, mut scored: Vec<(u32, f32)>, limit: usize) -> Vec<Neighbour> {
         let best_first = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         // A segment without a graph may hold many vectors: sort only the best few, more if
         // they crowd into fewer than `limit` documents (windows).
@@ -115,6 +160,34 @@ impl Part {
 }
 
 impl VectorIndex {
+    /// [`Self::nearest`] for many queries, no filter: for each, at most `limit` documents, best
+    /// first. A segment without a graph (a write's new one) is searched by matrix products.
+    pub(crate) fn nearest_each(
+        &self,
+        queries: &[Vec<f32>],
+        limit: usize,
+        ef: usize,
+    ) -> Result<Vec<Vec<Neighbour>>, candle_core::Error> {
+        let mut found: Vec<Vec<Neighbour>> = vec![Vec::new(); queries.len()];
+        for part in &self.parts {
+            if part.segment.graph.is_none() {
+                part.exact_each(queries, limit, &mut found)?;
+                continue;
+            }
+            for (query, found) in queries.iter().zip(&mut found) {
+                let probe = Probe {
+                    vector: query,
+                    limit,
+                    ef,
+                    allowed: None,
+                    exact_filtered_slots: EXACT_FILTERED_SLOTS,
+                };
+                found.extend(part.nearest(&probe));
+            }
+        }
+        Ok(found.into_iter().map(|found| best_of(std::iter::once(found), limit)).collect())
+    }
+
     /// The documents nearest to `query` by their best vector, best first: at most `limit`,
     /// searched with `ef` candidates per segment (raised to the number of vectors asked for).
     /// With `allowed`, only those documents are considered.

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use cloze_index::{analyze, Collection};
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery};
+use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, TermQuery};
 use tantivy::schema::IndexRecordOption;
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, Searcher, Term};
@@ -28,16 +28,22 @@ pub(crate) fn search(
         return Ok(Results { hits: Vec::new(), total: 0, timings: Timings::default() });
     }
     let body = collection.fields().body;
+    let term_query = |field, term: &str| -> Box<dyn Query> {
+        Box::new(TermQuery::new(Term::from_field_text(field, term), IndexRecordOption::WithFreqs))
+    };
     // Every query term is an optional clause, repeats included, so a term said twice weighs
     // twice: Elasticsearch's `match` query.
-    let clauses: Vec<(Occur, Box<dyn Query>)> = terms
-        .iter()
-        .map(|term| {
-            let query =
-                TermQuery::new(Term::from_field_text(body, term), IndexRecordOption::WithFreqs);
-            (Occur::Should, Box::new(query) as Box<dyn Query>)
-        })
-        .collect();
+    let mut clauses: Vec<(Occur, Box<dyn Query>)> =
+        terms.iter().map(|term| (Occur::Should, term_query(body, term))).collect();
+    // In an expanding collection, a term also matches the text of a document's neighbours, at
+    // its lower weight: the scores add up as BM25F-like fields do in Elasticsearch's
+    // `multi_match` of type `most_fields`.
+    if let Some((expansion, settings)) = collection.expansion() {
+        clauses.extend(terms.iter().map(|term| {
+            let boosted = BoostQuery::new(term_query(expansion, term), settings.weight as f32);
+            (Occur::Should, Box::new(boosted) as Box<dyn Query>)
+        }));
+    }
     let mut query: Box<dyn Query> = Box::new(BooleanQuery::new(clauses));
     if let Some(filter) = &request.filter {
         // The filter decides which documents count, not how they rank.
@@ -154,7 +160,7 @@ fn snippet_generator(
 #[cfg(test)]
 pub(crate) mod tests {
     use cloze_corpus::Document;
-    use cloze_index::{AnalyzerSettings, DataDir, IndexError};
+    use cloze_index::{AnalyzerSettings, DataDir, ExpansionSettings, IndexError, SemanticSettings};
 
     use serde_json::json;
 
@@ -263,6 +269,51 @@ pub(crate) mod tests {
         request.limit = 0;
         let counted = search(&collection, &request).unwrap();
         assert_eq!((counted.hits.len(), counted.total), (0, 4));
+    }
+
+    /// A collection `test` of (id, text, 2-dimensional vector) documents, each also indexed
+    /// with the text of its nearest neighbour at weight 0.5.
+    pub(crate) fn expanding_collection(
+        dir: &std::path::Path,
+        docs: &[(&str, &str, [f32; 2])],
+    ) -> cloze_index::Collection {
+        let semantic = SemanticSettings {
+            expansion: Some(ExpansionSettings { neighbours: 1, weight: 0.5 }),
+            ..SemanticSettings::with_dimension(2, Default::default())
+        };
+        let mut collection =
+            DataDir::new(dir).create("test", AnalyzerSettings::default(), Some(semantic)).unwrap();
+        let documents = docs.iter().map(|(id, text, vector)| {
+            Ok::<_, IndexError>(Document {
+                id: id.to_string(),
+                title: String::new(),
+                text: text.to_string(),
+                metadata: Default::default(),
+                vector: Some(vector.to_vec()),
+            })
+        });
+        collection.ingest(documents, || {}).unwrap();
+        collection
+    }
+
+    #[test]
+    fn an_expanding_collection_also_matches_the_words_of_a_documents_neighbours() {
+        let dir = tempfile::tempdir().unwrap();
+        let collection = expanding_collection(
+            dir.path(),
+            &[
+                ("heart", "myocardial infarction outcomes", [1.0, 0.0]),
+                ("attack", "heart attack survival and heart attack care", [0.9, 0.1]),
+                ("boats", "sailing boats", [0.0, 1.0]),
+                ("ships", "ships in the harbour", [0.1, 0.99]),
+            ],
+        );
+        let hits =
+            search(&collection, &SearchRequest::new("heart attack", Mode::Keyword, 10)).unwrap();
+        let ids: Vec<&str> = hits.hits.iter().map(|hit| hit.id.as_str()).collect();
+        // The paper that never says "heart attack" is found through its neighbour, below it.
+        assert_eq!(ids, ["attack", "heart"]);
+        assert_eq!(hits.total, 2);
     }
 
     #[test]

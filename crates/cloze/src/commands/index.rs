@@ -4,7 +4,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use cloze_corpus::DocumentReader;
-use cloze_index::{AnalyzerSettings, DataDir, Encoder, HnswSettings, SemanticSettings};
+use cloze_index::{
+    AnalyzerSettings, DataDir, Encoder, ExpansionSettings, HnswSettings, SemanticSettings,
+};
 
 use crate::commands::fields::DocumentFields;
 use crate::progress;
@@ -85,9 +87,36 @@ pub struct IndexArgs {
     #[arg(long, value_name = "N", requires = "vectors")]
     ef_search: Option<usize>,
 
+    /// For a new collection with vectors: also index each document with the text of its
+    /// nearest documents by vector, which keyword search scores at a lower weight, so that a
+    /// document matches the words its neighbours use for the same thing. Neighbours are those
+    /// present when a document is written. [default: off]
+    #[arg(long, requires = "vectors")]
+    expand: bool,
+
+    /// With --expand: how many nearest documents lend their text [default: 5].
+    #[arg(long, value_name = "N", requires = "expand")]
+    expansion_neighbours: Option<usize>,
+
+    /// With --expand: the weight of a match in the neighbours' text, against 1 for a match in
+    /// the document's own [default: 0.4].
+    #[arg(long, value_name = "WEIGHT", requires = "expand")]
+    expansion_weight: Option<f64>,
+
     /// Documents per forward pass of the model.
     #[arg(long, value_name = "N", default_value_t = cloze_mlm::DEFAULT_BATCH_SIZE, requires = "model")]
     batch_size: usize,
+}
+
+impl IndexArgs {
+    /// The expansion these flags ask for.
+    fn expansion(&self) -> Option<ExpansionSettings> {
+        let defaults = ExpansionSettings::default();
+        self.expand.then(|| ExpansionSettings {
+            neighbours: self.expansion_neighbours.unwrap_or(defaults.neighbours),
+            weight: self.expansion_weight.unwrap_or(defaults.weight),
+        })
+    }
 }
 
 pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
@@ -124,7 +153,10 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
                             args.corpus.display()
                         )
                     })?;
-                Some(SemanticSettings::with_dimension(dimension, hnsw))
+                Some(SemanticSettings {
+                    expansion: args.expansion(),
+                    ..SemanticSettings::with_dimension(dimension, hnsw)
+                })
             }
             _ => None,
         };
@@ -138,6 +170,7 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
             }),
             window_length: args.window_length,
             hnsw,
+            expansion: args.expansion(),
         });
         data_dir.create(&args.collection, analyzer.unwrap_or_default(), semantic.or(own_vectors))?
     } else {
@@ -162,10 +195,22 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
                 ("--hnsw-m", args.hnsw_m, Some(hnsw.m)),
                 ("--ef-construction", args.ef_construction, Some(hnsw.ef_construction)),
                 ("--ef-search", args.ef_search, Some(hnsw.ef_search)),
+                ("--expand", args.expand.then_some(1), semantic.expansion.map(|_| 1)),
+                (
+                    "--expansion-neighbours",
+                    args.expansion_neighbours,
+                    semantic.expansion.map(|expansion| expansion.neighbours),
+                ),
             ]
             .into_iter()
-            .find(|(_, asked, kept)| asked.is_some() && asked != kept);
-            if let Some((flag, ..)) = changed {
+            .find(|(_, asked, kept)| asked.is_some() && asked != kept)
+            .map(|(flag, ..)| flag)
+            .or_else(|| {
+                let kept = semantic.expansion.map(|expansion| expansion.weight);
+                let asked = args.expansion_weight;
+                (asked.is_some() && asked != kept).then_some("--expansion-weight")
+            });
+            if let Some(flag) = changed {
                 bail!(
                     "{flag}: collection \"{}\" was created with other vector settings, and \
                      they cannot change (see {}); index into a new collection instead",

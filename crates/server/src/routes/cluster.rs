@@ -158,6 +158,15 @@ pub async fn create(
     let (partitions, replicas) = (count("partitions")?, count("replicas")?);
     let settings: CreateCollection = parse_json(&serde_json::to_vec(&body).expect("serializes"))?;
     let (analyzer, semantic, _) = blocking(move || settings.resolve()).await?;
+    if semantic.as_ref().is_some_and(|semantic| semantic.expansion.is_some()) {
+        // A document's neighbours are those present when it is written, and each replica
+        // applies the log in batches of its own: their expansions, and so their keyword
+        // scores, would differ.
+        return Err(ApiError::invalid(
+            "expansion: not available for a clustered collection (replicas apply writes in \
+             batches of their own, so a document's neighbours would differ between them)",
+        ));
+    }
     let new = NewCollection { name: name.into_inner(), partitions, replicas, analyzer, semantic };
     let map = router(&state)?.create_collection(new).await?;
     Ok(HttpResponse::Created().json(describe(&map)))

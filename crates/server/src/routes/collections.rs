@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use cloze_index::{
-    AnalyzerSettings, Collection, Encoder, HnswSettings, IndexError, SemanticSettings,
+    AnalyzerSettings, Collection, Encoder, ExpansionSettings, HnswSettings, IndexError,
+    SemanticSettings,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -33,6 +34,16 @@ pub(crate) struct CreateCollection {
     window_overlap: Option<usize>,
     /// Tokens per window when shorter than the model's length (with `window_overlap`).
     window_length: Option<usize>,
+    /// Index each document with the text of its nearest documents by vector too, which
+    /// keyword search scores at a lower weight; each setting left out keeps its default.
+    expansion: Option<ExpansionParams>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpansionParams {
+    neighbours: Option<usize>,
+    weight: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,11 +101,13 @@ impl CreateCollection {
         };
         let needs_model = settings.hnsw.is_some()
             || settings.window_overlap.is_some()
-            || settings.window_length.is_some();
+            || settings.window_length.is_some()
+            || settings.expansion.is_some();
         let windows = settings.window_overlap.is_some() || settings.window_length.is_some();
         if settings.model.is_none() && settings.dimension.is_none() && needs_model {
             return Err(ApiError::invalid(
-                "hnsw, window_overlap and window_length need vectors: model (or dimension) is missing",
+                "hnsw, window_overlap, window_length and expansion need vectors: model (or \
+                 dimension) is missing",
             ));
         }
         if settings.model.is_some() && settings.dimension.is_some() {
@@ -115,6 +128,16 @@ impl CreateCollection {
             ef_search: hnsw.ef_search.unwrap_or(defaults.ef_search),
         };
         hnsw.validate().map_err(|message| ApiError::invalid(format!("hnsw: {message}")))?;
+        let expansion = settings.expansion.as_ref().map(|params| {
+            let defaults = ExpansionSettings::default();
+            ExpansionSettings {
+                neighbours: params.neighbours.unwrap_or(defaults.neighbours),
+                weight: params.weight.unwrap_or(defaults.weight),
+            }
+        });
+        if let Some(expansion) = &expansion {
+            expansion.validate().map_err(ApiError::invalid)?;
+        }
         let encoder = match &settings.model {
             Some(model) => Some(
                 Encoder::load(model)
@@ -129,8 +152,12 @@ impl CreateCollection {
                 window_overlap: settings.window_overlap,
                 window_length: settings.window_length,
                 hnsw,
+                expansion,
             }),
-            (None, Some(dimension)) => Some(SemanticSettings::with_dimension(dimension, hnsw)),
+            (None, Some(dimension)) => Some(SemanticSettings {
+                expansion,
+                ..SemanticSettings::with_dimension(dimension, hnsw)
+            }),
             (None, None) => None,
         };
         Ok((analyzer, semantic, encoder))
