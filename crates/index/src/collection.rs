@@ -790,8 +790,7 @@ impl Collection {
         field: Field,
         settings: ExpansionSettings,
     ) -> Result<(), IndexError> {
-        let semantic = self.semantic()?;
-        let (ef_search, dimension) = (semantic.hnsw.ef_search, semantic.dimension());
+        let ef_search = self.semantic()?.hnsw.ef_search;
         let Some(vectors) = &self.vectors else {
             return Err(IndexError::NoModel(self.name.clone()));
         };
@@ -802,11 +801,8 @@ impl Collection {
         );
         let queries: Vec<Option<Vec<f32>>> = documents
             .iter()
-            .map(|document| {
-                let mean = vectors.mean_vector(&[document.id.as_str()])?;
-                unit_vector(mean, dimension).ok()
-            })
-            .collect();
+            .map(|document| self.document_vector(&document.id))
+            .collect::<Result<_, _>>()?;
         let asked: Vec<Vec<f32>> = queries.iter().flatten().cloned().collect();
         // One more than wanted: a document is its own nearest.
         let mut found = vectors
@@ -1037,6 +1033,15 @@ impl Collection {
         ids: &[&str],
     ) -> Result<Vec<Option<f32>>, IndexError> {
         Ok(self.checked_vectors(query)?.similarities(query, ids))
+    }
+
+    /// Where document `id` points: the unit-length mean of its vectors (its windows' with
+    /// windows); None for a document without vectors. Its neighbours are nearest to this.
+    pub fn document_vector(&self, id: &str) -> Result<Option<Vec<f32>>, IndexError> {
+        let Some(mean) = self.mean_vector(&[id])? else {
+            return Ok(None);
+        };
+        Ok(unit_vector(mean, self.semantic()?.dimension()).ok())
     }
 
     /// The mean vector of the documents of `ids` that have vectors (None if none has): where

@@ -202,9 +202,7 @@ fn lenders_rewritten(
     collection: &Collection,
     mut replacements: Vec<Document>,
 ) -> Result<Vec<Document>, SearchError> {
-    let (Some((_, expansion)), Some(semantic)) =
-        (collection.expansion(), collection.manifest().semantic.as_ref())
-    else {
+    let Some((_, expansion)) = collection.expansion() else {
         return Ok(replacements);
     };
     let searcher = collection.searcher();
@@ -212,10 +210,7 @@ fn lenders_rewritten(
         replacements.iter().map(|document| document.id.clone()).collect();
     let mut neighbours = Vec::new();
     for document in &replacements {
-        let Some(mean) = collection.mean_vector(&[document.id.as_str()])? else {
-            continue;
-        };
-        let Ok(query) = cloze_index::unit_vector(mean, semantic.dimension()) else {
+        let Some(query) = collection.document_vector(&document.id)? else {
             continue;
         };
         for neighbour in collection.nearest(&query, 2 * expansion.neighbours + 1, None, None)? {
