@@ -13,6 +13,7 @@
 //! collection; merging vector segments is separate work ([`Collection::build_merge`]) that
 //! runs beside searches and writes and is put in place by a commit of its own.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -814,6 +815,8 @@ impl Collection {
             .into_iter();
         let written: HashMap<&str, &Document> =
             documents.iter().map(|document| (document.id.as_str(), document)).collect();
+        // A document lends its text to several others: it is read and joined once.
+        let mut texts: HashMap<String, Option<String>> = HashMap::new();
         for (document, query) in documents.iter().zip(&queries) {
             let neighbours = match query {
                 Some(_) => found.next().unwrap_or_default(),
@@ -822,15 +825,25 @@ impl Collection {
             let mut expansion = String::new();
             let others = neighbours.into_iter().filter(|neighbour| neighbour.id != document.id);
             for neighbour in others.take(settings.neighbours) {
-                let text = match written.get(neighbour.id.as_str()) {
-                    Some(written) => written.searchable_text(),
-                    None => match self.address(searcher, &neighbour.id)? {
-                        Some(address) => self.stored_document(searcher, address)?.searchable_text(),
-                        None => continue,
-                    },
+                let text = match texts.entry(neighbour.id) {
+                    Entry::Occupied(known) => known.into_mut(),
+                    Entry::Vacant(new) => {
+                        let text = match written.get(new.key().as_str()) {
+                            Some(written) => Some(written.searchable_text()),
+                            None => match self.address(searcher, new.key())? {
+                                Some(address) => {
+                                    Some(self.stored_document(searcher, address)?.searchable_text())
+                                }
+                                None => None,
+                            },
+                        };
+                        new.insert(text)
+                    }
                 };
-                expansion.push_str(&text);
-                expansion.push('\n');
+                if let Some(text) = text {
+                    expansion.push_str(text);
+                    expansion.push('\n');
+                }
             }
             let mut entry = self.tantivy_document(document);
             entry.add_text(field, &expansion);

@@ -173,17 +173,22 @@ pub(crate) mod tests {
     ) -> cloze_index::Collection {
         let mut collection =
             DataDir::new(dir).create("test", AnalyzerSettings::default(), None).unwrap();
-        let documents = docs.iter().map(|(id, title, text)| {
-            Ok::<_, IndexError>(Document {
-                id: id.to_string(),
-                title: title.to_string(),
-                text: text.to_string(),
-                metadata: Default::default(),
-                vector: None,
-            })
-        });
+        let documents = docs
+            .iter()
+            .map(|(id, title, text)| Ok::<_, IndexError>(document(id, title, text, None)));
         collection.ingest(documents, || {}).unwrap();
         collection
+    }
+
+    /// A document with no metadata.
+    pub(crate) fn document(id: &str, title: &str, text: &str, vector: Option<&[f32]>) -> Document {
+        Document {
+            id: id.to_string(),
+            title: title.to_string(),
+            text: text.to_string(),
+            metadata: Default::default(),
+            vector: vector.map(<[f32]>::to_vec),
+        }
     }
 
     #[test]
@@ -283,15 +288,9 @@ pub(crate) mod tests {
         };
         let mut collection =
             DataDir::new(dir).create("test", AnalyzerSettings::default(), Some(semantic)).unwrap();
-        let documents = docs.iter().map(|(id, text, vector)| {
-            Ok::<_, IndexError>(Document {
-                id: id.to_string(),
-                title: String::new(),
-                text: text.to_string(),
-                metadata: Default::default(),
-                vector: Some(vector.to_vec()),
-            })
-        });
+        let documents = docs
+            .iter()
+            .map(|(id, text, vector)| Ok::<_, IndexError>(document(id, "", text, Some(vector))));
         collection.ingest(documents, || {}).unwrap();
         collection
     }

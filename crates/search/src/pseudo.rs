@@ -293,13 +293,7 @@ mod tests {
                 ("d", "text of d", [-1.0, 0.0]),
             ],
         );
-        let replaced = Document {
-            id: "a".into(),
-            title: String::new(),
-            text: "shorter".into(),
-            metadata: Default::default(),
-            vector: None,
-        };
+        let replaced = crate::keyword::tests::document("a", "", "shorter", None);
         let rewritten = lenders_rewritten(&collection, vec![replaced.clone()]).unwrap();
         let ids: Vec<&str> = rewritten.iter().map(|document| document.id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c"]);
