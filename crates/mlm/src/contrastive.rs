@@ -6,6 +6,8 @@
 //! are a positive pair, and the other documents of the batch are the negatives: the loss pulls
 //! each pair's vectors together and pushes the others apart, which is what search needs.
 
+use std::collections::HashSet;
+
 use candle_core::{Device, Result, Tensor};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -41,6 +43,12 @@ pub struct ContrastiveSettings {
     /// Share of each crop's tokens the decoder has to rebuild.
     #[serde(default = "default_bottleneck_mask_rate")]
     pub bottleneck_mask_rate: f64,
+    /// Chance that each token of a second crop that also occurs in its first crop is dropped
+    /// from it. Pairs that share words are told apart by those words alone, which keyword search
+    /// already does; without them the model must learn which different words go together.
+    /// 0: crops keep every token.
+    #[serde(default)]
+    pub shared_token_drop: f64,
 }
 
 fn default_bottleneck_mask_rate() -> f64 {
@@ -84,6 +92,12 @@ impl ContrastiveSettings {
             return Err(format!(
                 "training.contrastive.bottleneck_mask_rate must be between 0 and 1, found {}",
                 self.bottleneck_mask_rate
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.shared_token_drop) {
+            return Err(format!(
+                "training.contrastive.shared_token_drop must be between 0 and 1, found {}",
+                self.shared_token_drop
             ));
         }
         Ok(())
@@ -139,7 +153,8 @@ pub struct CropBatch {
 }
 
 /// Crops two random spans from each document of `documents` (token ids without special
-/// tokens), each at most `max_len` tokens with `[CLS]` and `[SEP]`.
+/// tokens), each at most `max_len` tokens with `[CLS]` and `[SEP]`; the second loses each token
+/// the first has at the chance `shared_token_drop`, unless that would leave it empty.
 pub fn crop_pairs(
     documents: &[&[u32]],
     settings: &ContrastiveSettings,
@@ -156,9 +171,23 @@ pub fn crop_pairs(
                 .clamp(1, document.len())
                 .min(max_len - 2);
             let start = rng.random_range(0..=document.len() - length);
+            let mut span = document[start..start + length].to_vec();
+            if view == 1 && settings.shared_token_drop > 0.0 {
+                let first: HashSet<u32> = crops[i][1..crops[i].len() - 1].iter().copied().collect();
+                let kept: Vec<u32> = span
+                    .iter()
+                    .copied()
+                    .filter(|token| {
+                        !first.contains(token) || !rng.random_bool(settings.shared_token_drop)
+                    })
+                    .collect();
+                if !kept.is_empty() {
+                    span = kept;
+                }
+            }
             let crop = &mut crops[view * documents.len() + i];
             crop.push(special.cls);
-            crop.extend_from_slice(&document[start..start + length]);
+            crop.extend_from_slice(&span);
             crop.push(special.sep);
         }
     }
@@ -212,6 +241,7 @@ mod tests {
             neighbour_share: 0.0,
             bottleneck_weight: 0.0,
             bottleneck_mask_rate: 0.5,
+            shared_token_drop: 0.0,
         }
     }
 
@@ -260,6 +290,42 @@ mod tests {
             let start = document.iter().position(|t| *t == tokens[0]).unwrap();
             assert_eq!(&document[start..start + tokens.len()], tokens);
         }
+    }
+
+    #[test]
+    fn second_crops_lose_the_tokens_their_first_crops_have() {
+        // Each document cycles through 20 tokens, so that two 12-token crops share some.
+        let documents: Vec<Vec<u32>> =
+            (0..4).map(|d| (0..40).map(|t| 100 * d + t % 20 + 5).collect()).collect();
+        let refs: Vec<&[u32]> = documents.iter().map(Vec::as_slice).collect();
+        let mut settings = settings();
+        settings.min_crop = 0.3;
+        settings.max_crop = 0.3;
+        let shared = |batch: &CropBatch, i: usize| -> usize {
+            let (first, second) = (&batch.crops[i], &batch.crops[batch.pairs + i]);
+            second[1..second.len() - 1].iter().filter(|t| first.contains(t)).count()
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let (mut sharing, mut dropped) = (0, 0);
+        for _ in 0..20 {
+            let kept = crop_pairs(&refs, &settings, 16, special(), &mut rng, &Device::Cpu).unwrap();
+            sharing += (0..kept.pairs).filter(|i| shared(&kept, *i) > 0).count();
+        }
+        settings.shared_token_drop = 1.0;
+        for _ in 0..20 {
+            let batch =
+                crop_pairs(&refs, &settings, 16, special(), &mut rng, &Device::Cpu).unwrap();
+            for i in 0..batch.pairs {
+                let second = &batch.crops[batch.pairs + i];
+                assert_eq!((second[0], *second.last().unwrap()), (2, 3));
+                let length = second.len() - 2;
+                // A span whose every token is in the first crop stays whole rather than empty.
+                assert!(shared(&batch, i) == 0 || length == 12, "{:?} {second:?}", batch.crops[i]);
+                dropped += usize::from(length < 12);
+            }
+        }
+        assert!(sharing > 40, "crops of a document share tokens: {sharing} of 80");
+        assert!(dropped > 40, "shared tokens are dropped: {dropped} of 80");
     }
 
     /// Every trainable tensor but the MLM head's own gets a gradient from the contrastive loss

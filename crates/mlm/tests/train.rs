@@ -210,6 +210,7 @@ fn small_contrastive() -> cloze_mlm::ContrastiveSettings {
         neighbour_share: 0.0,
         bottleneck_weight: 0.0,
         bottleneck_mask_rate: 0.5,
+        shared_token_drop: 0.0,
     }
 }
 
