@@ -13,7 +13,6 @@
 //! collection; merging vector segments is separate work ([`Collection::build_merge`]) that
 //! runs beside searches and writes and is put in place by a commit of its own.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -674,6 +673,9 @@ impl Collection {
         // With expansion, documents reach tantivy last, once every vector of the write is in
         // place to find their neighbours among.
         let mut deferred: Vec<Document> = Vec::new();
+        // The committed directions of documents this write replaces or deletes: the documents
+        // near them may hold their old text in their expansion.
+        let mut replaced: Vec<Vec<f32>> = Vec::new();
         // Whether each id touched so far is present after the changes before this one.
         let mut present: HashMap<String, bool> = HashMap::new();
         // Documents waiting to be embedded, with their text, and their ids.
@@ -712,6 +714,9 @@ impl Collection {
                         // The new vectors replace the committed ones, and any earlier in the
                         // same write.
                         if existed {
+                            if expansion.is_some() {
+                                replaced.extend(self.document_vector(&document.id)?);
+                            }
                             if let Some(vectors) = self.vectors.as_mut() {
                                 vectors.remove(&document.id);
                             }
@@ -754,6 +759,9 @@ impl Collection {
                     pending_ids.clear();
                     self.embed(&mut pending, &mut staged, on_change)?;
                     staged.remove(&id);
+                    if expansion.is_some() {
+                        replaced.extend(self.document_vector(&id)?);
+                    }
                     if let Some(vectors) = self.vectors.as_mut() {
                         vectors.remove(&id);
                     }
@@ -768,7 +776,7 @@ impl Collection {
             vectors.add_segment(staged.documents);
         }
         if let Some((field, settings)) = expansion {
-            self.write_expanded(writer, &searcher, &deferred, field, settings)?;
+            self.write_expanded(writer, &searcher, &deferred, &replaced, field, settings)?;
         }
         Ok(())
     }
@@ -783,73 +791,158 @@ impl Collection {
     /// of its vectors) in the expansion field. The vector index already holds this write's
     /// vectors, so documents of the same write are among each other's neighbours; a neighbour
     /// written before comes from `searcher`, the last commit.
+    ///
+    /// Earlier documents are expanded again where this write changed their neighbours, so
+    /// that a collection built in many writes expands about as if built in one: those that now
+    /// have one of the write's documents among their own nearest, and all those near the
+    /// `replaced` directions (of documents this write rewrites or deletes), whose expansion may
+    /// hold the old text. Both are looked for among the twice as many nearest of each direction
+    /// (a document is mostly among the nearest of its own nearest); earlier documents farther
+    /// away keep their expansion.
     fn write_expanded(
         &self,
         writer: &mut IndexWriter,
         searcher: &Searcher,
         documents: &[Document],
+        replaced: &[Vec<f32>],
         field: Field,
         settings: ExpansionSettings,
     ) -> Result<(), IndexError> {
-        let ef_search = self.semantic()?.hnsw.ef_search;
-        let Some(vectors) = &self.vectors else {
-            return Err(IndexError::NoModel(self.name.clone()));
-        };
         tracing::info!(
             documents = documents.len(),
             neighbours = settings.neighbours,
             "finding each document's nearest documents to expand it with"
         );
-        let queries: Vec<Option<Vec<f32>>> = documents
+        let ids: Vec<&str> = documents.iter().map(|document| document.id.as_str()).collect();
+        let found = self.nearest_documents(&ids, 2 * settings.neighbours)?;
+        let written: HashMap<&str, &Document> = ids.iter().copied().zip(documents).collect();
+        let mut nearby: Vec<&str> = Vec::new();
+        let mut seen: HashSet<&str> = HashSet::new();
+        for neighbour in found.iter().flatten() {
+            if !written.contains_key(neighbour.as_str()) && seen.insert(neighbour) {
+                nearby.push(neighbour);
+            }
+        }
+        let nearby_found = self.nearest_documents(&nearby, settings.neighbours)?;
+        let mut again: Vec<(&str, Vec<String>)> = nearby
             .iter()
-            .map(|document| self.document_vector(&document.id))
-            .collect::<Result<_, _>>()?;
-        let asked: Vec<Vec<f32>> = queries.iter().flatten().cloned().collect();
-        // One more than wanted: a document is its own nearest.
-        let mut found = vectors
-            .nearest_each(&asked, settings.neighbours + 1, ef_search)
-            .map_err(|source| IndexError::Similarity {
-                collection: self.name.clone(),
-                source: Box::new(source),
-            })?
-            .into_iter();
-        let written: HashMap<&str, &Document> =
-            documents.iter().map(|document| (document.id.as_str(), document)).collect();
+            .zip(nearby_found)
+            .filter(|(_, neighbours)| {
+                neighbours.iter().any(|neighbour| written.contains_key(neighbour.as_str()))
+            })
+            .map(|(id, neighbours)| (*id, neighbours))
+            .collect();
+        let near_replaced: Vec<String> = self
+            .nearest_to(replaced, 2 * settings.neighbours)?
+            .into_iter()
+            .flatten()
+            .filter(|id| !written.contains_key(id.as_str()))
+            .collect();
+        let mut chosen: HashSet<&str> = again.iter().map(|(id, _)| *id).collect();
+        let mut near_replaced_ids: Vec<&str> = Vec::new();
+        for id in &near_replaced {
+            if chosen.insert(id) {
+                near_replaced_ids.push(id);
+            }
+        }
+        let near_replaced_found =
+            self.nearest_documents(&near_replaced_ids, settings.neighbours)?;
+        again.extend(near_replaced_ids.into_iter().zip(near_replaced_found));
+        let mut rewritten: Vec<(Document, Vec<String>)> = Vec::new();
+        for (id, neighbours) in again {
+            if let Some(address) = self.address(searcher, id)? {
+                rewritten.push((self.stored_document(searcher, address)?, neighbours));
+            }
+        }
+        if !rewritten.is_empty() {
+            tracing::info!(
+                documents = rewritten.len(),
+                "expanding earlier documents again with this write's documents among their nearest"
+            );
+        }
         // A document lends its text to several others: it is read and joined once.
         let mut texts: HashMap<String, Option<String>> = HashMap::new();
-        for (document, query) in documents.iter().zip(&queries) {
-            let neighbours = match query {
-                Some(_) => found.next().unwrap_or_default(),
-                None => Vec::new(),
-            };
-            let mut expansion = String::new();
-            let others = neighbours.into_iter().filter(|neighbour| neighbour.id != document.id);
-            for neighbour in others.take(settings.neighbours) {
-                let text = match texts.entry(neighbour.id) {
-                    Entry::Occupied(known) => known.into_mut(),
-                    Entry::Vacant(new) => {
-                        let text = match written.get(new.key().as_str()) {
-                            Some(written) => Some(written.searchable_text()),
-                            None => match self.address(searcher, new.key())? {
-                                Some(address) => {
-                                    Some(self.stored_document(searcher, address)?.searchable_text())
-                                }
-                                None => None,
-                            },
-                        };
-                        new.insert(text)
+        let mut text_of = |id: &str| -> Result<Option<String>, IndexError> {
+            if let Some(text) = texts.get(id) {
+                return Ok(text.clone());
+            }
+            let text = match written.get(id) {
+                Some(written) => Some(written.searchable_text()),
+                None => match self.address(searcher, id)? {
+                    Some(address) => {
+                        Some(self.stored_document(searcher, address)?.searchable_text())
                     }
-                };
-                if let Some(text) = text {
-                    expansion.push_str(text);
+                    None => None,
+                },
+            };
+            texts.insert(id.to_string(), text.clone());
+            Ok(text)
+        };
+        let written_again = rewritten.iter().map(|(document, neighbours)| (document, neighbours));
+        let written_now = documents.iter().zip(&found);
+        for (document, neighbours) in written_now.chain(written_again) {
+            let mut expansion = String::new();
+            for neighbour in neighbours.iter().take(settings.neighbours) {
+                if let Some(text) = text_of(neighbour)? {
+                    expansion.push_str(&text);
                     expansion.push('\n');
                 }
             }
+            // Deletes the committed version of a document written again; this write's own
+            // documents were deleted by id already, and nothing was added for them yet.
+            writer.delete_term(Term::from_field_text(self.fields.id, &document.id));
             let mut entry = self.tantivy_document(document);
             entry.add_text(field, &expansion);
             writer.add_document(entry).map_err(|e| self.tantivy_error(e))?;
         }
         Ok(())
+    }
+
+    /// The ids of the `limit` documents nearest each of `ids` by the mean of its vectors, best
+    /// first, itself left out; none for an id without vectors.
+    fn nearest_documents(
+        &self,
+        ids: &[&str],
+        limit: usize,
+    ) -> Result<Vec<Vec<String>>, IndexError> {
+        let queries: Vec<Option<Vec<f32>>> =
+            ids.iter().map(|id| self.document_vector(id)).collect::<Result<_, _>>()?;
+        let asked: Vec<Vec<f32>> = queries.iter().flatten().cloned().collect();
+        // One more than wanted: a document is its own nearest.
+        let mut found = self.nearest_to(&asked, limit + 1)?.into_iter();
+        Ok(ids
+            .iter()
+            .zip(&queries)
+            .map(|(id, query)| match query {
+                Some(_) => found
+                    .next()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|neighbour| neighbour != id)
+                    .take(limit)
+                    .collect(),
+                None => Vec::new(),
+            })
+            .collect())
+    }
+
+    /// The ids of the `limit` documents nearest each of `directions`, best first.
+    fn nearest_to(
+        &self,
+        directions: &[Vec<f32>],
+        limit: usize,
+    ) -> Result<Vec<Vec<String>>, IndexError> {
+        let ef_search = self.semantic()?.hnsw.ef_search;
+        let Some(vectors) = &self.vectors else {
+            return Err(IndexError::NoModel(self.name.clone()));
+        };
+        let found = vectors.nearest_each(directions, limit, ef_search).map_err(|source| {
+            IndexError::Similarity { collection: self.name.clone(), source: Box::new(source) }
+        })?;
+        Ok(found
+            .into_iter()
+            .map(|found| found.into_iter().map(|neighbour| neighbour.id).collect())
+            .collect())
     }
 
     fn invalid_vector(&self, id: &str, message: String) -> IndexError {
@@ -1457,11 +1550,48 @@ mod tests {
         assert!(find(&collection, "gone").is_none());
         assert_eq!(find(&collection, "ship").unwrap().text, "hull");
 
-        // A later write finds neighbours among the committed documents too; those keep theirs.
+        // A later write finds neighbours among the committed documents too, and a committed
+        // document that now has a nearer one is expanded again, its stored fields unchanged.
         collection.apply([placed("raft", "timber", [0.0, 1.0])], || {}).unwrap();
         let reopened = data.open("docs").unwrap();
         assert_eq!(expanded_with(&reopened, "submarin"), ["raft", "ship"]);
-        assert!(expanded_with(&reopened, "timber").is_empty());
+        assert_eq!(expanded_with(&reopened, "timber"), ["boat"]);
+        assert!(expanded_with(&reopened, "hull").is_empty());
+        assert_eq!(find(&reopened, "boat").unwrap().text, "submarine");
+        assert_eq!(reopened.manifest().document_count, 5);
+
+        // A document written again lends its new text to the documents it is nearest.
+        collection.apply([placed("pear", "quince", [0.9, 0.1])], || {}).unwrap();
+        assert_eq!(expanded_with(&collection, "quinc"), ["apple"]);
+        assert!(expanded_with(&collection, "fruit").is_empty());
+        assert_eq!(expanded_with(&collection, "appl"), ["pear"]);
+    }
+
+    #[test]
+    fn a_rewritten_document_reaches_a_document_it_lends_to_beyond_its_own_nearest() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = DataDir::new(dir.path());
+        let mut collection = expanding(&data);
+        // x's nearest is y, but x is z's nearest: z is among x's two nearest, not its one.
+        let placed_all = [
+            placed("x", "xylophone", [1.0, 0.0]),
+            placed("y", "yacht", [0.98, 0.2]),
+            placed("z", "zebra", [0.9, -0.44]),
+        ];
+        collection.apply(placed_all, || {}).unwrap();
+        assert_eq!(expanded_with(&collection, "xylophon"), ["y", "z"]);
+        collection.apply([placed("x", "xenon", [1.0, 0.0])], || {}).unwrap();
+        assert_eq!(expanded_with(&collection, "xenon"), ["y", "z"]);
+        assert!(expanded_with(&collection, "xylophon").is_empty());
+
+        // Moved far away, x lends its text to no one, and those that borrowed it are expanded
+        // again; once z is deleted, no expansion holds its text.
+        collection.apply([placed("x", "xenon", [-1.0, 0.0])], || {}).unwrap();
+        assert_eq!(expanded_with(&collection, "xenon"), Vec::<String>::new());
+        assert_eq!(expanded_with(&collection, "zebra"), ["x", "y"]);
+        collection.apply([Ok::<_, IndexError>(Change::Delete("z".into()))], || {}).unwrap();
+        assert!(expanded_with(&collection, "zebra").is_empty());
+        assert_eq!(expanded_with(&collection, "yacht"), ["x"]);
     }
 
     #[test]

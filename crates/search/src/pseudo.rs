@@ -15,8 +15,6 @@
 //! much. When the collection's model lists documents it left out of training (`cloze train`
 //! with `training.held_out_documents`), queries are made of those alone.
 
-use std::collections::HashSet;
-
 use cloze_corpus::Document;
 use cloze_eval::Qrels;
 use cloze_index::{Collection, DataDir};
@@ -185,46 +183,13 @@ pub fn tune_without_judgments(
         if collection.has_model() {
             copy.use_encoder(collection.shared_encoder()?)?;
         }
-        let rewritten = lenders_rewritten(collection, made.replacements)?;
-        copy.ingest(rewritten.into_iter().map(Ok::<_, cloze_index::IndexError>), || {})?;
+        // In a collection that expands its documents, this also expands again the documents the
+        // replaced ones lend their text to, which would otherwise still hold the query's
+        // sentence and lead keyword search to them instead.
+        copy.ingest(made.replacements.into_iter().map(Ok::<_, cloze_index::IndexError>), || {})?;
         tune(&copy, &made.queries, &made.qrels, options, on_query)?
     };
     Ok(Tuning { pseudo_query_sources: Some(sources), ..tuned })
-}
-
-/// `replacements`, and in a collection that expands its documents with their neighbours'
-/// text, the neighbours of each replaced document as they are stored: their expansion holds
-/// the query's sentence, which would lead keyword search to them instead, and writing them
-/// again in the same ingest rebuilds it from the replaced text. A document lends its text to
-/// those it is among the nearest of, most of them among its own nearest: twice as many of
-/// those are written again.
-fn lenders_rewritten(
-    collection: &Collection,
-    mut replacements: Vec<Document>,
-) -> Result<Vec<Document>, SearchError> {
-    let Some((_, expansion)) = collection.expansion() else {
-        return Ok(replacements);
-    };
-    let searcher = collection.searcher();
-    let mut written: HashSet<String> =
-        replacements.iter().map(|document| document.id.clone()).collect();
-    let mut neighbours = Vec::new();
-    for document in &replacements {
-        let Some(query) = collection.document_vector(&document.id)? else {
-            continue;
-        };
-        for neighbour in collection.nearest(&query, 2 * expansion.neighbours + 1, None, None)? {
-            if written.insert(neighbour.id.clone()) {
-                neighbours.push(neighbour.id);
-            }
-        }
-    }
-    for id in neighbours {
-        if let Some(address) = collection.address(&searcher, &id)? {
-            replacements.push(collection.stored_document(&searcher, address)?);
-        }
-    }
-    Ok(replacements)
 }
 
 #[cfg(test)]
@@ -278,31 +243,5 @@ mod tests {
         let kept = PseudoQuerySettings { count: 2, keep_sentence: true, ..settings };
         let made = pseudo_queries(&collection, &kept).unwrap();
         assert_eq!((made.queries.len(), made.replacements.len()), (2, 0));
-    }
-
-    #[test]
-    fn an_expanding_collection_rewrites_the_neighbours_of_replaced_documents() {
-        let dir = tempfile::tempdir().unwrap();
-        // a's neighbours are b, then c (the 2 x 1 nearest asked); d is far from all.
-        let collection = crate::keyword::tests::expanding_collection(
-            dir.path(),
-            &[
-                ("a", "text of a", [1.0, 0.0]),
-                ("b", "text of b", [0.99, 0.1]),
-                ("c", "text of c", [0.9, 0.4]),
-                ("d", "text of d", [-1.0, 0.0]),
-            ],
-        );
-        let replaced = crate::keyword::tests::document("a", "", "shorter", None);
-        let rewritten = lenders_rewritten(&collection, vec![replaced.clone()]).unwrap();
-        let ids: Vec<&str> = rewritten.iter().map(|document| document.id.as_str()).collect();
-        assert_eq!(ids, ["a", "b", "c"]);
-        assert_eq!(rewritten[0], replaced);
-        assert_eq!(rewritten[1].text, "text of b");
-
-        let plain_dir = tempfile::tempdir().unwrap();
-        let plain = super::tests::collection(plain_dir.path());
-        let alone = lenders_rewritten(&plain, vec![replaced.clone()]).unwrap();
-        assert_eq!(alone, [replaced]);
     }
 }

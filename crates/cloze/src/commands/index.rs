@@ -90,7 +90,8 @@ pub struct IndexArgs {
     /// For a new collection with vectors: also index each document with the text of its
     /// nearest documents by vector, which keyword search scores at a lower weight, so that a
     /// document matches the words its neighbours use for the same thing. Neighbours are those
-    /// present when a document is written. [default: off]
+    /// present when a document is written; later writes expand again the documents whose
+    /// neighbours they add, rewrite or delete. [default: off]
     #[arg(long, requires = "vectors")]
     expand: bool,
 
