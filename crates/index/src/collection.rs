@@ -816,52 +816,41 @@ impl Collection {
         let ids: Vec<&str> = documents.iter().map(|document| document.id.as_str()).collect();
         let found = self.nearest_documents(&ids, 2 * settings.neighbours)?;
         let written: HashMap<&str, &Document> = ids.iter().copied().zip(documents).collect();
-        let mut nearby: Vec<&str> = Vec::new();
+        // Earlier documents to expand again: any near a replaced direction, and those near a
+        // written document that now have one of the write's documents among their nearest.
+        let near_replaced = self.nearest_to(replaced, 2 * settings.neighbours)?;
+        let always = near_replaced.iter().flatten().map(|id| (id.as_str(), true));
+        let if_gained = found.iter().flatten().map(|id| (id.as_str(), false));
+        let mut candidates: Vec<(&str, bool)> = Vec::new();
         let mut seen: HashSet<&str> = HashSet::new();
-        for neighbour in found.iter().flatten() {
-            if !written.contains_key(neighbour.as_str()) && seen.insert(neighbour) {
-                nearby.push(neighbour);
+        for (id, always) in always.chain(if_gained) {
+            if !written.contains_key(id) && seen.insert(id) {
+                candidates.push((id, always));
             }
         }
-        let nearby_found = self.nearest_documents(&nearby, settings.neighbours)?;
-        let mut again: Vec<(&str, Vec<String>)> = nearby
-            .iter()
-            .zip(nearby_found)
-            .filter(|(_, neighbours)| {
-                neighbours.iter().any(|neighbour| written.contains_key(neighbour.as_str()))
-            })
-            .map(|(id, neighbours)| (*id, neighbours))
-            .collect();
-        let near_replaced: Vec<String> = self
-            .nearest_to(replaced, 2 * settings.neighbours)?
-            .into_iter()
-            .flatten()
-            .filter(|id| !written.contains_key(id.as_str()))
-            .collect();
-        let mut chosen: HashSet<&str> = again.iter().map(|(id, _)| *id).collect();
-        let mut near_replaced_ids: Vec<&str> = Vec::new();
-        for id in &near_replaced {
-            if chosen.insert(id) {
-                near_replaced_ids.push(id);
-            }
-        }
-        let near_replaced_found =
-            self.nearest_documents(&near_replaced_ids, settings.neighbours)?;
-        again.extend(near_replaced_ids.into_iter().zip(near_replaced_found));
+        let candidate_ids: Vec<&str> = candidates.iter().map(|(id, _)| *id).collect();
+        let candidates_found = self.nearest_documents(&candidate_ids, settings.neighbours)?;
         let mut rewritten: Vec<(Document, Vec<String>)> = Vec::new();
-        for (id, neighbours) in again {
-            if let Some(address) = self.address(searcher, id)? {
-                rewritten.push((self.stored_document(searcher, address)?, neighbours));
+        for ((id, always), neighbours) in candidates.into_iter().zip(candidates_found) {
+            let gained =
+                neighbours.iter().any(|neighbour| written.contains_key(neighbour.as_str()));
+            if always || gained {
+                if let Some(address) = self.address(searcher, id)? {
+                    rewritten.push((self.stored_document(searcher, address)?, neighbours));
+                }
             }
         }
         if !rewritten.is_empty() {
             tracing::info!(
                 documents = rewritten.len(),
-                "expanding earlier documents again with this write's documents among their nearest"
+                "expanding again the earlier documents whose neighbours this write changed"
             );
         }
         // A document lends its text to several others: it is read and joined once.
-        let mut texts: HashMap<String, Option<String>> = HashMap::new();
+        let mut texts: HashMap<String, Option<String>> = rewritten
+            .iter()
+            .map(|(document, _)| (document.id.clone(), Some(document.searchable_text())))
+            .collect();
         let mut text_of = |id: &str| -> Result<Option<String>, IndexError> {
             if let Some(text) = texts.get(id) {
                 return Ok(text.clone());
