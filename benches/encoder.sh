@@ -32,11 +32,13 @@ for collection in "${collections[@]}"; do
     echo "indexed $collection in $((SECONDS - started)) s" >&2
 done
 
-# `cloze tune`'s choice, as the flags that ask `cloze eval` for it.
+# `cloze tune`'s choice, as the flags that ask `cloze eval` for it (the expansion weight too,
+# where the collection expands its documents).
 chosen_flags() {
     python3 -c '
 import json, sys
-method, *parts = json.load(sys.stdin)["chosen"].split()
+tuning = json.load(sys.stdin)
+method, *parts = tuning["chosen"].split()
 names = {"k": "--rrf-k", "alpha": "--alpha", "normalization": "--normalization",
          "depth": "--depth-per-side", "feedback_docs": "--feedback-docs",
          "feedback_weight": "--feedback-weight"}
@@ -44,6 +46,8 @@ flags = ["--fusion", method]
 for part in parts:
     name, value = part.split("=")
     flags += [names[name], value]
+if "expansion" in tuning:
+    flags += ["--expansion-weight", str(tuning["expansion"]["chosen"])]
 print(" ".join(flags))'
 }
 
@@ -63,8 +67,10 @@ score() {
     echo "$ndcg $(reference "$qrels" "$work/run.trec")"
 }
 
-printf '%-10s %-15s %-15s %-15s %-15s %s\n' collection keyword semantic hybrid-judged \
-    hybrid-pseudo "pseudo-queries chose"
+# Where the collection expands its documents, tuning also chooses the expansion weight, and
+# keyword-pseudo is keyword search with that weight (else the same as keyword).
+printf '%-10s %-15s %-15s %-15s %-15s %-15s %s\n' collection keyword semantic hybrid-judged \
+    keyword-pseudo hybrid-pseudo "pseudo-queries chose"
 for collection in "${collections[@]}"; do
     keyword=$(score "$collection" --mode keyword)
     semantic=$(score "$collection" --mode semantic)
@@ -72,8 +78,14 @@ for collection in "${collections[@]}"; do
     hybrid_judged=$(score "$collection" --mode hybrid $judged)
     # shellcheck disable=SC2086 # the flags are words
     pseudo=$(cloze tune --collection "$collection" --save --json ${CLOZE_TUNE_FLAGS:-} 2>/dev/null |
-        tee "$work/tune-$collection-pseudo.json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["chosen"])')
+        tee "$work/tune-$collection-pseudo.json" | python3 -c '
+import json, sys
+tuning = json.load(sys.stdin)
+weight = " expansion_weight=%s" % tuning["expansion"]["chosen"] if "expansion" in tuning else ""
+print(tuning["chosen"] + weight)')
+    keyword_pseudo=$(score "$collection" --mode keyword)
     hybrid_pseudo=$(score "$collection" --mode hybrid)
-    printf '%-10s %-15s %-15s %-15s %-15s %s\n' "$collection" "${keyword// //}" \
-        "${semantic// //}" "${hybrid_judged// //}" "${hybrid_pseudo// //}" "$pseudo"
+    printf '%-10s %-15s %-15s %-15s %-15s %-15s %s\n' "$collection" "${keyword// //}" \
+        "${semantic// //}" "${hybrid_judged// //}" "${keyword_pseudo// //}" \
+        "${hybrid_pseudo// //}" "$pseudo"
 done

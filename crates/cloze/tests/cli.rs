@@ -223,7 +223,23 @@ fn an_expanded_collection_finds_documents_by_their_neighbours_words() {
     assert_eq!(ws.hit_ids("e", "heart attack"), ["news", "paper"]);
     assert!(index("plain", &expand[..2]).status.success());
     assert_eq!(ws.hit_ids("plain", "heart attack"), ["news"]);
+    // A search can leave the neighbours' text out, or weigh it otherwise.
+    let search = ["search", "--collection", "e", "--json", "heart attack", "--expansion-weight"];
+    let found = ws.json(&[&search[..], &["0"]].concat());
+    assert_eq!(found["hits"].as_array().unwrap().len(), 1, "{found}");
+    let refused = ws.cloze(&[&search[..5], &["--expansion-weight=-1"]].concat());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && message.contains("between 0 and 100"), "{message}");
+    let plain = ["search", "--collection", "plain", "heart", "--expansion-weight", "1"];
+    let refused = ws.cloze(&plain);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && message.contains("--expand"), "{message}");
 
+    // The weight may change on an existing collection; the neighbours may not.
+    let reweighed = index("e", &[&expand[..], &["--expansion-weight", "0"]].concat());
+    let printed = String::from_utf8_lossy(&reweighed.stdout);
+    assert!(printed.contains("\"e\" now weighs its neighbours' text at 0"), "{printed}");
+    assert_eq!(ws.hit_ids("e", "heart attack"), ["news"]);
     let refused =
         index("e", &["--vector-field", "vector", "--expand", "--expansion-neighbours", "2"]);
     let message = String::from_utf8_lossy(&refused.stderr);

@@ -250,6 +250,17 @@ fn a_cluster_ranks_as_one_node_and_keeps_every_acknowledged_write_through_failur
     assert!(reason.contains("expansion: not available for a clustered collection"), "{reason}");
     let created = put(&format!("{router}/collections/docs"), &settings.to_string());
     assert_eq!(created["partitions"], PARTITIONS, "{created}");
+    // Nor does a search weigh an expansion there.
+    let mut refused = ureq::post(&format!("{router}/collections/docs/_search"))
+        .header("Content-Type", "application/json")
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(json!({"q": "cells", "expansion_weight": 0.5}).to_string())
+        .unwrap();
+    let reason = refused.body_mut().read_to_string().unwrap();
+    assert_eq!(refused.status().as_u16(), 400, "{reason}");
+    assert!(reason.contains("expansion_weight: \"docs\" is a clustered collection"), "{reason}");
     // Two live replicas of every partition before the first node is killed.
     wait_all_ready(&cluster, Duration::from_secs(60));
     let (bulks, documents) = scifact_bulks();

@@ -59,6 +59,15 @@ fn documents_and_queries_bring_their_own_vectors() {
     server.ok("POST", "/collections/e/_bulk", Some(&body));
     let found = server.search("e", json!({"q": "heart attack"}));
     assert_eq!(ids(&found), ["news", "paper"]);
+    // A search weighs the neighbours' text as it asks; 0 leaves it out.
+    let found = server.search("e", json!({"q": "heart attack", "expansion_weight": 0}));
+    assert_eq!(ids(&found), ["news"]);
+    let path = "/collections/e/_search";
+    let heavy = json!({"q": "heart attack", "expansion_weight": 200}).to_string();
+    server.refused("POST", path, &heavy, 400, "expansion_weight is 200");
+    let plain = json!({"q": "river", "expansion_weight": 0.5}).to_string();
+    let refused = server.refused("POST", "/collections/v/_search", &plain, 400, "does not expand");
+    assert_eq!(refused["error"]["type"], "not_expanding");
 
     // Every wrong line is listed, and nothing is applied.
     let bad = [

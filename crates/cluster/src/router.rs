@@ -396,6 +396,12 @@ impl Router {
                 request.mode
             )));
         }
+        if request.expansion_weight.is_some() {
+            return Err(ClusterError::Invalid(format!(
+                "expansion_weight: \"{name}\" is a clustered collection, and those do not \
+                 expand their documents"
+            )));
+        }
         let fusion = request.fusion.unwrap_or_default();
         if request.mode == Mode::Hybrid && fusion.feedback.is_some() {
             return Err(ClusterError::Invalid(

@@ -562,6 +562,28 @@ impl Collection {
         self.manifest.save(&self.dir)
     }
 
+    /// Makes `weight` the weight keyword searches give the neighbours' text when they ask for
+    /// none, saved in the manifest. The expansion field holds the same text at any weight, so
+    /// only the scores change. Takes the write lock, as [`Collection::set_default_fusion`].
+    pub fn set_expansion_weight(&mut self, weight: f64) -> Result<(), IndexError> {
+        if self.expansion().is_none() {
+            return Err(IndexError::NotExpanding(self.name.clone()));
+        }
+        ExpansionSettings::check_weight(weight).map_err(|message| {
+            IndexError::InvalidVectorSettings {
+                name: self.name.clone(),
+                message: format!("expansion weight {message}"),
+            }
+        })?;
+        let _lock = self.lock_for_write()?;
+        // The lock may have reopened the collection at a later state: set it there.
+        match self.manifest.semantic.as_mut().and_then(|semantic| semantic.expansion.as_mut()) {
+            Some(expansion) => expansion.weight = weight,
+            None => return Err(IndexError::NotExpanding(self.name.clone())),
+        }
+        self.manifest.save(&self.dir)
+    }
+
     fn model(&self) -> Result<&ModelRecord, IndexError> {
         self.semantic()?.model.as_ref().ok_or_else(|| IndexError::NoEncoder(self.name.clone()))
     }

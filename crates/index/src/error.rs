@@ -63,6 +63,11 @@ pub enum IndexError {
     InvalidVector { collection: String, id: String, message: String },
     #[error("a query vector has {found} dimensions; collection \"{collection}\" holds {expected}")]
     DimensionMismatch { collection: String, expected: usize, found: usize },
+    #[error(
+        "collection \"{0}\" does not expand its documents, so it has no expansion weight: \
+         create it with expansion (cloze index --expand)"
+    )]
+    NotExpanding(String),
     #[error("collection \"{0}\" kept changing while it was being opened; try again")]
     Busy(String),
     #[error("comparing the vectors of collection \"{collection}\": {source}")]

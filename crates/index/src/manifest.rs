@@ -136,14 +136,19 @@ pub struct SemanticSettings {
 /// (cluster-based smoothing, after Tao et al., 2006). The vectors choose the neighbours, so a
 /// collection's encoder helps keyword search too.
 ///
-/// A document's neighbours are those present when it is written: documents added later do not
-/// join the expansion of documents already written (rewrite a document to refresh it).
+/// A document's neighbours are those present when it is written; a later write expands again
+/// the earlier documents near what it writes or removes, so a
+/// collection fed in many writes expands about as one indexed at once.
+///
+/// The weight only scales scores, so it can change after creation: a search can ask for another
+/// (`SearchRequest::expansion_weight`), and tuning can save a new default.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExpansionSettings {
     /// How many nearest documents lend their text.
     pub neighbours: usize,
-    /// The weight of a match in the neighbours' text, against 1 for the document's own.
+    /// The weight of a match in the neighbours' text, against 1 for the document's own; 0
+    /// keeps the neighbours' text indexed but leaves it out of the scores.
     pub weight: f64,
 }
 
@@ -168,11 +173,14 @@ impl ExpansionSettings {
                 self.neighbours
             ));
         }
-        if !(self.weight > 0.0 && self.weight <= MAX_EXPANSION_WEIGHT) {
-            return Err(format!(
-                "expansion.weight is {}; it must be above 0 and at most {MAX_EXPANSION_WEIGHT}",
-                self.weight
-            ));
+        ExpansionSettings::check_weight(self.weight)
+            .map_err(|message| format!("expansion.weight {message}"))
+    }
+
+    /// Whether `weight` can weigh the neighbours' text; the message says why not.
+    pub fn check_weight(weight: f64) -> Result<(), String> {
+        if !(0.0..=MAX_EXPANSION_WEIGHT).contains(&weight) {
+            return Err(format!("is {weight}; it must be between 0 and {MAX_EXPANSION_WEIGHT}"));
         }
         Ok(())
     }

@@ -3,10 +3,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use cloze_index::{analyze, Collection};
+use cloze_index::{analyze, Collection, ExpansionSettings, IndexError};
 use tantivy::collector::{Count, TopDocs};
 use tantivy::query::{BooleanQuery, BoostQuery, ConstScoreQuery, Occur, Query, TermQuery};
-use tantivy::schema::IndexRecordOption;
+use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{DocAddress, Searcher, Term};
 
@@ -15,6 +15,23 @@ use crate::{Explanation, Hit, Results, SearchError, SearchRequest, SideScore, Ti
 
 /// The longest snippet, in characters.
 const SNIPPET_CHARS: usize = 200;
+
+/// The expansion field of `collection` and the weight `request` scores it at; None for a
+/// collection that does not expand its documents, which refuses a weight.
+fn expansion_weight(
+    collection: &Collection,
+    request: &SearchRequest,
+) -> Result<Option<(Field, f64)>, SearchError> {
+    match (collection.expansion(), request.expansion_weight) {
+        (Some((field, settings)), asked) => {
+            let weight = asked.unwrap_or(settings.weight);
+            ExpansionSettings::check_weight(weight).map_err(SearchError::InvalidExpansionWeight)?;
+            Ok(Some((field, weight)))
+        }
+        (None, Some(_)) => Err(IndexError::NotExpanding(collection.name().to_string()).into()),
+        (None, None) => Ok(None),
+    }
+}
 
 pub(crate) fn search(
     collection: &Collection,
@@ -37,12 +54,15 @@ pub(crate) fn search(
         terms.iter().map(|term| (Occur::Should, term_query(body, term))).collect();
     // In an expanding collection, a term also matches the text of a document's neighbours, at
     // its lower weight: the scores add up as BM25F-like fields do in Elasticsearch's
-    // `multi_match` of type `most_fields`.
-    if let Some((expansion, settings)) = collection.expansion() {
-        clauses.extend(terms.iter().map(|term| {
-            let boosted = BoostQuery::new(term_query(expansion, term), settings.weight as f32);
-            (Occur::Should, Box::new(boosted) as Box<dyn Query>)
-        }));
+    // `multi_match` of type `most_fields`. At weight 0 the field is left out, so that a
+    // document its neighbours alone match is no hit at all.
+    if let Some((expansion, weight)) = expansion_weight(collection, request)? {
+        if weight > 0.0 {
+            clauses.extend(terms.iter().map(|term| {
+                let boosted = BoostQuery::new(term_query(expansion, term), weight as f32);
+                (Occur::Should, Box::new(boosted) as Box<dyn Query>)
+            }));
+        }
     }
     let mut query: Box<dyn Query> = Box::new(BooleanQuery::new(clauses));
     if let Some(filter) = &request.filter {
@@ -313,6 +333,66 @@ pub(crate) mod tests {
         // The paper that never says "heart attack" is found through its neighbour, below it.
         assert_eq!(ids, ["attack", "heart"]);
         assert_eq!(hits.total, 2);
+    }
+
+    #[test]
+    fn a_search_or_the_collection_can_weigh_the_neighbours_text_anew() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut collection = expanding_collection(
+            dir.path(),
+            &[
+                ("heart", "myocardial infarction outcomes", [1.0, 0.0]),
+                ("attack", "heart attack survival and heart attack care", [0.9, 0.1]),
+                ("boats", "sailing boats", [0.0, 1.0]),
+            ],
+        );
+        let scores = |collection: &cloze_index::Collection, weight: Option<f64>| {
+            let mut request = SearchRequest::new("heart attack", Mode::Keyword, 10);
+            request.expansion_weight = weight;
+            let found = search(collection, &request).unwrap();
+            let scores: std::collections::BTreeMap<String, f32> =
+                found.hits.into_iter().map(|hit| (hit.id, hit.score)).collect();
+            assert_eq!(scores.len(), found.total);
+            scores
+        };
+        // The collection's weight, 0.5, unless a search asks for another; "heart" (and "boats",
+        // whose nearest is "attack" too) match through the neighbour alone, so their scores
+        // follow the weight.
+        let own = scores(&collection, None);
+        assert_eq!(own, scores(&collection, Some(0.5)));
+        let doubled = scores(&collection, Some(1.0));
+        assert!((doubled["heart"] - 2.0 * own["heart"]).abs() < 1e-5, "{own:?} {doubled:?}");
+        // "attack" lends its words but borrows none that match.
+        assert_eq!(doubled["attack"], own["attack"]);
+        // At 0 the neighbours' text is left out: no hit from it alone.
+        assert_eq!(scores(&collection, Some(0.0)).keys().collect::<Vec<_>>(), ["attack"]);
+        assert!((doubled["boats"] - 2.0 * own["boats"]).abs() < 1e-5, "{own:?} {doubled:?}");
+        let mut request = SearchRequest::new("heart attack", Mode::Keyword, 10);
+        for weight in [-1.0, f64::NAN, 1000.0] {
+            request.expansion_weight = Some(weight);
+            let error = search(&collection, &request).unwrap_err().to_string();
+            assert!(error.starts_with("expansion_weight is "), "{error}");
+        }
+
+        // A new default is saved with the collection, and only that changes.
+        collection.set_expansion_weight(0.0).unwrap();
+        let reopened = DataDir::new(dir.path()).open("test").unwrap();
+        assert_eq!(
+            reopened.expansion().unwrap().1,
+            ExpansionSettings { neighbours: 1, weight: 0.0 }
+        );
+        assert_eq!(scores(&reopened, None), scores(&reopened, Some(0.0)));
+        assert_eq!(scores(&reopened, Some(0.5)), own);
+        assert!(collection.set_expansion_weight(-2.0).is_err());
+
+        // A collection that does not expand has no weight to change.
+        let plain_dir = tempfile::tempdir().unwrap();
+        let mut plain = self::collection(plain_dir.path(), &[("1", "", "heart attack")]);
+        request.expansion_weight = Some(0.5);
+        let error = search(&plain, &request).unwrap_err().to_string();
+        assert!(error.contains("does not expand its documents"), "{error}");
+        let error = plain.set_expansion_weight(0.5).unwrap_err().to_string();
+        assert!(error.contains("does not expand its documents"), "{error}");
     }
 
     #[test]

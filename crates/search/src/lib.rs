@@ -24,7 +24,10 @@ pub use hybrid::{
 pub use judged::{record, search_judged, JudgedQuery, NoQueryText};
 pub use pseudo::{pseudo_queries, tune_without_judgments, PseudoQueries, PseudoQuerySettings};
 pub use statistics::KeywordStatistics;
-pub use tune::{tune, PseudoQuerySources, ScoredFusion, TuneOptions, Tuning, SIGNIFICANCE_TRIALS};
+pub use tune::{
+    tune, ExpansionTuning, PseudoQuerySources, ScoredFusion, ScoredWeight, TuneOptions, Tuning,
+    SIGNIFICANCE_TRIALS,
+};
 
 use std::fmt;
 use std::str::FromStr;
@@ -97,6 +100,10 @@ pub struct SearchRequest {
     /// Hybrid mode: how to fuse [default: the collection's saved default, else
     /// `Fusion::SCIFACT_TUNED`].
     pub fusion: Option<Fusion>,
+    /// Keyword side of a collection that expands its documents: the weight of a match in the
+    /// neighbours' text, against 1 for the document's own (0: the document's own text alone)
+    /// [default: the collection's]. A collection that does not expand refuses it.
+    pub expansion_weight: Option<f64>,
     /// Only documents whose metadata pass this filter.
     pub filter: Option<Filter>,
     /// With documents: also give each hit its snippet as HTML with the query's terms marked.
@@ -118,6 +125,7 @@ impl SearchRequest {
             with_documents: true,
             ef_search: None,
             fusion: None,
+            expansion_weight: None,
             filter: None,
             highlight: false,
             statistics: None,
@@ -223,6 +231,8 @@ pub enum SearchError {
     InQuery { id: String, source: Box<SearchError> },
     #[error("{param}: {message}")]
     InvalidTuning { param: &'static str, message: String },
+    #[error("expansion_weight {0}")]
+    InvalidExpansionWeight(String),
 }
 
 /// The query's vector: the request's own (at unit length), else its text embedded by the

@@ -169,6 +169,12 @@ pub fn tune_without_judgments(
         });
     }
     let sources = made.sources;
+    // Unless asked, pseudo-queries leave the expansion weight alone (see
+    // `TuneOptions::expansion_weights`).
+    let options = &TuneOptions {
+        expansion_weights: Some(options.expansion_weights.clone().unwrap_or_default()),
+        ..options.clone()
+    };
     let tuned = if made.replacements.is_empty() {
         tune(collection, &made.queries, &made.qrels, options, on_query)?
     } else {

@@ -93,6 +93,9 @@ impl From<IndexError> for ApiError {
             IndexError::NoModel(_) | IndexError::NoEncoder(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "no_model", reason)
             }
+            IndexError::NotExpanding(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "not_expanding", reason)
+            }
             IndexError::MissingVector { .. } | IndexError::InvalidVector { .. } => {
                 ApiError::invalid(reason)
             }
@@ -115,7 +118,8 @@ impl From<SearchError> for ApiError {
             SearchError::UnknownMode(_)
             | SearchError::InvalidFusion { .. }
             | SearchError::InvalidVector(_)
-            | SearchError::InvalidTuning { .. } => ApiError::invalid(error.to_string()),
+            | SearchError::InvalidTuning { .. }
+            | SearchError::InvalidExpansionWeight(_) => ApiError::invalid(error.to_string()),
             // As the query's own error, saying which query it was.
             SearchError::InQuery { id, source } => {
                 let inner = ApiError::from(*source);

@@ -62,6 +62,12 @@ pub struct EvalArgs {
     #[arg(long, value_name = "N", conflicts_with = "run")]
     ef_search: Option<usize>,
 
+    /// Keyword side, in a collection indexed with --expand: the weight of a match in the
+    /// neighbours' text, against 1 for the document's own (0: the document's own text alone)
+    /// [default: the collection's].
+    #[arg(long, value_name = "WEIGHT", value_parser = crate::commands::fusion::parse_expansion_weight, conflicts_with = "run")]
+    expansion_weight: Option<f64>,
+
     #[command(flatten)]
     fusion: cloze_search::FusionSettings,
 
@@ -322,9 +328,16 @@ fn search_judged_queries(
             settings.insert("ef_search".into(), json!(ef_search));
         }
     }
+    if mode != Mode::Semantic {
+        if let Some((_, expansion)) = collection.expansion() {
+            let weight = args.expansion_weight.unwrap_or(expansion.weight);
+            settings.insert("expansion_weight".into(), json!(weight));
+        }
+    }
     let mut template = SearchRequest::new("", mode, args.depth);
     template.with_documents = false;
     template.ef_search = args.ef_search;
+    template.expansion_weight = args.expansion_weight;
     template.fusion = fusion;
     let progress = progress::bar(queries.len() as u64, &format!("{mode} queries"));
     let run = search_judged(collection, &template, queries, || progress.inc(1));

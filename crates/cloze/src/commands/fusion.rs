@@ -15,3 +15,10 @@ pub fn requested(flags: &FusionSettings) -> Result<Option<Fusion>> {
         anyhow!("--{flag}: {}", error.message)
     })
 }
+
+/// `--expansion-weight`: a weight the neighbours' text can take.
+pub fn parse_expansion_weight(text: &str) -> Result<f64, String> {
+    let weight: f64 = text.parse().map_err(|_| format!("\"{text}\" is not a number"))?;
+    cloze_index::ExpansionSettings::check_weight(weight)?;
+    Ok(weight)
+}

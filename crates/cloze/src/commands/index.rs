@@ -100,7 +100,8 @@ pub struct IndexArgs {
     expansion_neighbours: Option<usize>,
 
     /// With --expand: the weight of a match in the neighbours' text, against 1 for a match in
-    /// the document's own [default: 0.4].
+    /// the document's own [default: 0.4]. Unlike the other settings, it may change on an
+    /// existing collection: it only scales scores.
     #[arg(long, value_name = "WEIGHT", requires = "expand")]
     expansion_weight: Option<f64>,
 
@@ -205,12 +206,7 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
             ]
             .into_iter()
             .find(|(_, asked, kept)| asked.is_some() && asked != kept)
-            .map(|(flag, ..)| flag)
-            .or_else(|| {
-                let kept = semantic.expansion.map(|expansion| expansion.weight);
-                let asked = args.expansion_weight;
-                (asked.is_some() && asked != kept).then_some("--expansion-weight")
-            });
+            .map(|(flag, ..)| flag);
             if let Some(flag) = changed {
                 bail!(
                     "{flag}: collection \"{}\" was created with other vector settings, and \
@@ -262,6 +258,14 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
         }
     };
     let seconds = started.elapsed().as_secs_f64();
+    // The weight only scales scores, so unlike the other settings it may change; only once
+    // the documents are in, so that a failed ingest leaves the collection as it was.
+    if let (Some(weight), Some((_, kept))) = (args.expansion_weight, collection.expansion()) {
+        if weight != kept.weight {
+            collection.set_expansion_weight(weight).context("--expansion-weight")?;
+            println!("\"{}\" now weighs its neighbours' text at {weight}", args.collection);
+        }
+    }
     if collection.manifest().semantic.is_some() {
         // The documents are committed; what is left is building the graphs searches walk,
         // as the server's background merges would.

@@ -20,6 +20,12 @@ pub struct SearchArgs {
     #[arg(long, value_name = "N")]
     ef_search: Option<usize>,
 
+    /// Keyword side, in a collection indexed with --expand: the weight of a match in the
+    /// neighbours' text, against 1 for the document's own (0: the document's own text alone)
+    /// [default: the collection's].
+    #[arg(long, value_name = "WEIGHT", value_parser = crate::commands::fusion::parse_expansion_weight)]
+    expansion_weight: Option<f64>,
+
     #[command(flatten)]
     fusion: cloze_search::FusionSettings,
 
@@ -55,6 +61,7 @@ pub fn run(data_dir: &DataDir, args: SearchArgs) -> Result<()> {
     let mut request = SearchRequest::new(args.query, args.mode, args.limit);
     request.offset = args.offset;
     request.ef_search = args.ef_search;
+    request.expansion_weight = args.expansion_weight;
     request.fusion = crate::commands::fusion::requested(&args.fusion)?;
     if let Some(filter) = &args.filter {
         let value = serde_json::from_str(filter).context("--filter is not valid JSON")?;

@@ -85,6 +85,14 @@ pub struct TuneArgs {
     #[arg(long, value_delimiter = ',', default_values_t = TuneOptions::default().feedback_weights)]
     feedback_weights: Vec<f64>,
 
+    /// In a collection that expands its documents (cloze index --expand): the weights of the
+    /// neighbours' text to try on keyword search alone, beside the collection's own, before
+    /// any fusion; the best is kept only if it beats the collection's own beyond chance
+    /// (--significance) [default: 0,0.2,0.4,0.7,1 with judged queries; with pseudo-queries
+    /// none, as they undervalue expansion: the collection's weight stays].
+    #[arg(long, value_delimiter = ',', value_name = "WEIGHTS")]
+    expansion_weights: Option<Vec<f64>>,
+
     /// How many of the best settings to print.
     #[arg(long, default_value_t = 10)]
     top: usize,
@@ -100,7 +108,8 @@ pub struct TuneArgs {
     #[arg(long, value_name = "P", default_value_t = TuneOptions::default().significance)]
     significance: f64,
 
-    /// Save the chosen setting as the collection's default hybrid fusion.
+    /// Save the chosen setting as the collection's default hybrid fusion (and the chosen
+    /// expansion weight as its default for every search).
     #[arg(long)]
     save: bool,
 
@@ -118,6 +127,7 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
         depths: args.depths,
         feedback_docs: args.feedback_docs,
         feedback_weights: args.feedback_weights,
+        expansion_weights: args.expansion_weights,
         ef_search: args.ef_search,
         significance: args.significance,
     };
@@ -178,6 +188,23 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
         Some(PseudoQuerySources::AnyDocument) => "pseudo-queries",
     };
     println!("{} {queries}; {metric} of each side alone (top {deepest}):", tuning.queries);
+    if let Some(expansion) = &tuning.expansion {
+        println!("  keyword with each expansion weight (the collection's: {}):", expansion.current);
+        for scored in &expansion.weights {
+            println!("    {:.4}  weight {}", scored.value, scored.weight);
+        }
+        if expansion.chosen == expansion.current {
+            println!(
+                "  keeping weight {} (no other is better beyond chance at p < {})",
+                expansion.current, options.significance
+            );
+        } else {
+            println!(
+                "  chosen: weight {} (p = {:.4} against {}); the fusions below use it",
+                expansion.chosen, expansion.p_value, expansion.current
+            );
+        }
+    }
     println!("  keyword   {:.4}", tuning.keyword);
     println!("  semantic  {:.4}", tuning.semantic);
     println!("best fusion settings by {metric}:");
@@ -206,6 +233,9 @@ pub fn run(data_dir: &DataDir, args: TuneArgs) -> Result<()> {
     }
     if let Some(saved) = tuning.saved {
         println!("saved as the default fusion of \"{}\": {saved}", args.collection);
+        if let Some(expansion) = &tuning.expansion {
+            println!("saved expansion weight: {}", expansion.chosen);
+        }
     }
     Ok(())
 }

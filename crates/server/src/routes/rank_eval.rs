@@ -6,7 +6,7 @@
 //!  "metrics": ["ndcg@10", "recall@100"], "mode": "hybrid", "k": 100}
 //! ```
 //!
-//! `mode`, `fusion`, `ef_search` and `filter` are as in `_search`; `k` (default 100) is how deep
+//! `mode`, `fusion`, `ef_search`, `expansion_weight` and `filter` are as in `_search`; `k` (default 100) is how deep
 //! each ranking goes. With `"modes": ["keyword", "hybrid"]` instead of `mode`, every mode is
 //! run and compared with the first, and the answer is the comparison `cloze eval --json` prints
 //! for several modes (differences, wins/ties/losses, paired t-test and randomization test
@@ -37,6 +37,7 @@ struct RankEvalBody {
     k: Option<usize>,
     fusion: Option<FusionSettings>,
     ef_search: Option<usize>,
+    expansion_weight: Option<f64>,
     filter: Option<Value>,
     /// Comparisons: random swaps per randomization test.
     trials: Option<usize>,
@@ -145,6 +146,7 @@ impl RankEvalPlan {
             offset: 0,
             fusion: body.fusion.clone(),
             ef_search: body.ef_search,
+            expansion_weight: body.expansion_weight,
             filter: body.filter.clone(),
             highlight: false,
             explain: false,

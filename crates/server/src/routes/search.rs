@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use cloze_index::Collection;
+use cloze_index::{Collection, ExpansionSettings};
 use cloze_search::{search, Filter, Fusion, FusionSettings, Mode, SearchRequest, Timings};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -34,6 +34,9 @@ pub(crate) struct SearchBody {
     pub fusion: Option<FusionSettings>,
     /// Semantic side: HNSW candidates to consider.
     pub ef_search: Option<usize>,
+    /// Keyword side of a collection that expands its documents: the weight of the
+    /// neighbours' text (0: the document's own alone).
+    pub expansion_weight: Option<f64>,
     /// Conditions on stored metadata (see `cloze_search::Filter`).
     pub filter: Option<Value>,
     /// Snippets as HTML with the query's terms in `<em>`.
@@ -94,6 +97,11 @@ impl SearchBody {
                 )));
             }
             request.ef_search = Some(ef);
+        }
+        if let Some(weight) = self.expansion_weight {
+            ExpansionSettings::check_weight(weight)
+                .map_err(|message| ApiError::invalid(format!("expansion_weight {message}")))?;
+            request.expansion_weight = Some(weight);
         }
         if let Some(fusion) = &self.fusion {
             request.fusion = Fusion::requested(fusion)

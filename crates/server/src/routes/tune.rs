@@ -1,5 +1,6 @@
-//! `POST /collections/{name}/_tune`: find the hybrid fusion that ranks judged queries best,
-//! as `cloze tune` does, and optionally make it the collection's default.
+//! `POST /collections/{name}/_tune`: find the hybrid fusion (and, in a collection that expands
+//! its documents, the expansion weight) that ranks judged queries best, as `cloze tune` does,
+//! and optionally make it the collection's default.
 //!
 //! ```json
 //! {"requests": [{"id": "q1", "query": "vitamin d", "ratings": [{"_id": "d7", "rating": 1}]}],
@@ -40,9 +41,10 @@ struct TuneBody {
     depths: Option<Vec<usize>>,
     feedback_docs: Option<Vec<usize>>,
     feedback_weights: Option<Vec<f64>>,
+    expansion_weights: Option<Vec<f64>>,
     ef_search: Option<usize>,
     significance: Option<f64>,
-    /// Make the choice the collection's default hybrid fusion.
+    /// Make the choice the collection's default hybrid fusion (and expansion weight).
     #[serde(default)]
     save: bool,
 }
@@ -73,6 +75,7 @@ pub async fn tune_collection(
         depths: body.depths.unwrap_or(defaults.depths),
         feedback_docs: body.feedback_docs.unwrap_or(defaults.feedback_docs),
         feedback_weights: body.feedback_weights.unwrap_or(defaults.feedback_weights),
+        expansion_weights: body.expansion_weights,
         ef_search: body.ef_search.or(defaults.ef_search),
         significance: body.significance.unwrap_or(defaults.significance),
     };
