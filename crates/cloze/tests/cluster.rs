@@ -260,7 +260,7 @@ fn a_cluster_ranks_as_one_node_and_keeps_every_acknowledged_write_through_failur
         .unwrap();
     let reason = refused.body_mut().read_to_string().unwrap();
     assert_eq!(refused.status().as_u16(), 400, "{reason}");
-    assert!(reason.contains("expansion_weight: \"docs\" is a clustered collection"), "{reason}");
+    assert!(reason.contains("expansion_weight: \\\"docs\\\" is a clustered"), "{reason}");
     // Two live replicas of every partition before the first node is killed.
     wait_all_ready(&cluster, Duration::from_secs(60));
     let (bulks, documents) = scifact_bulks();
