@@ -11,6 +11,12 @@ pub fn counter(what: &str) -> ProgressBar {
     ProgressBar::new_spinner().with_style(style)
 }
 
+/// A spinner for a step whose size is not known: what it is doing and the time taken.
+pub fn spinner(doing: &str) -> ProgressStyle {
+    ProgressStyle::with_template(&format!("{{spinner}} {doing} ({{elapsed}})"))
+        .expect("valid template")
+}
+
 /// A bar for `total` items: done so far, the rate and the time left.
 pub fn bar(total: u64, what: &str) -> ProgressBar {
     let style = ProgressStyle::with_template(&format!(

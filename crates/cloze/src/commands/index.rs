@@ -243,7 +243,20 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
     } else {
         progress::counter("documents")
     };
-    let result = collection.ingest(documents, || progress.inc(1));
+    // An expanding collection writes its documents to the keyword index only once every vector
+    // is in, to find their neighbours among: say so when the count is done, or the bar would
+    // sit full and silent meanwhile.
+    let expands = collection.expansion().is_some();
+    let result = collection.ingest(documents, || {
+        progress.inc(1);
+        if expands && progress.length() == Some(progress.position()) {
+            progress.set_style(progress::spinner(
+                "finding each document's nearest documents, and writing it with their text",
+            ));
+            // Nothing else ticks it until the write is done.
+            progress.enable_steady_tick(std::time::Duration::from_millis(200));
+        }
+    });
     progress.finish_and_clear();
     let summary = match result {
         Ok(summary) => summary,
