@@ -40,6 +40,8 @@ pub(crate) fn search(
     let tantivy_error =
         |source| SearchError::Tantivy { collection: collection.name().to_string(), source };
     let started = Instant::now();
+    // Checked first, so that a weight that cannot be used is refused whatever the query.
+    let expansion = expansion_weight(collection, request)?;
     let terms = analyze(&mut collection.analyzer(), &request.query);
     if terms.is_empty() {
         return Ok(Results { hits: Vec::new(), total: 0, timings: Timings::default() });
@@ -56,7 +58,7 @@ pub(crate) fn search(
     // its lower weight: the scores add up as BM25F-like fields do in Elasticsearch's
     // `multi_match` of type `most_fields`. At weight 0 the field is left out, so that a
     // document its neighbours alone match is no hit at all.
-    if let Some((expansion, weight)) = expansion_weight(collection, request)? {
+    if let Some((expansion, weight)) = expansion {
         if weight > 0.0 {
             clauses.extend(terms.iter().map(|term| {
                 let boosted = BoostQuery::new(term_query(expansion, term), weight as f32);
@@ -372,6 +374,9 @@ pub(crate) mod tests {
             request.expansion_weight = Some(weight);
             let error = search(&collection, &request).unwrap_err().to_string();
             assert!(error.starts_with("expansion_weight is "), "{error}");
+            // Whatever the query.
+            let empty = SearchRequest { query: "the".into(), ..request.clone() };
+            assert!(search(&collection, &empty).is_err());
         }
 
         // A new default is saved with the collection, and only that changes.
