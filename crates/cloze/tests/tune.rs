@@ -137,6 +137,23 @@ fn cloze_tune_and_the_tune_route_answer_the_same_and_save_the_choice() {
         .collect();
     assert!(hidden.is_empty(), "{hidden:?}");
 
+    // In an expanding collection, pseudo-queries leave the expansion weight alone unless asked
+    // (they undervalue expansion); judged queries try weights by default.
+    let expand = ["index", "--collection", "x", "--corpus", &corpus, "--model", model, "--expand"];
+    cloze(&[&["--data-dir", data_dir][..], &expand[..]].concat());
+    let tune = ["--data-dir", data_dir, "tune", "--collection", "x", "--json"];
+    let printed: Value = serde_json::from_str(&cloze(&[&tune[..], &pseudo[..]].concat())).unwrap();
+    assert_eq!(printed.get("expansion"), None, "{printed}");
+    let asked = ["--expansion-weights", "0,1"];
+    let printed = cloze(&[&tune[..], &pseudo[..], &asked[..]].concat());
+    let printed: Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(printed["expansion"]["weights"].as_array().unwrap().len(), 3, "{printed}");
+    let judged =
+        ["--queries", &queries, "--qrels", &qrels, "--depths", "20", "--feedback-docs", "0"];
+    let printed: Value = serde_json::from_str(&cloze(&[&tune[..], &judged[..]].concat())).unwrap();
+    assert_eq!(printed["expansion"]["current"], 0.4, "{printed}");
+    assert_eq!(printed["expansion"]["weights"].as_array().unwrap().len(), 5, "{printed}");
+
     // Saved, the choice becomes the default of hybrid searches that name no fusion.
     let saved = server.ok(
         "POST",

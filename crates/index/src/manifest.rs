@@ -137,8 +137,8 @@ pub struct SemanticSettings {
 /// collection's encoder helps keyword search too.
 ///
 /// A document's neighbours are those present when it is written; a later write expands again
-/// the earlier documents near what it writes or removes, so a
-/// collection fed in many writes expands about as one indexed at once.
+/// the earlier documents near what it writes or removes, so a collection fed in many writes
+/// expands about as one indexed at once.
 ///
 /// The weight only scales scores, so it can change after creation: a search can ask for another
 /// (`SearchRequest::expansion_weight`), and tuning can save a new default.
