@@ -50,6 +50,11 @@ const WRITER_MEMORY: usize = 128 << 20;
 const EMBED_CHUNK: usize = 512;
 /// Opening retries this many times when writes keep committing under it.
 const OPEN_ATTEMPTS: usize = 10;
+/// An expanding write of at least this many vectors gives its segment a graph before it finds
+/// its documents' neighbours (see [`VectorIndex::link_unsaved_segments`]). Measured on 2 cores
+/// with 384-dimensional vectors, a write of 80,000 took as long either way and one of 160,000
+/// 11% less (the graph, built earlier, is the one the next merge would build).
+const EXPAND_WITH_GRAPH_SLOTS: usize = 100_000;
 
 /// The folder that holds every collection (`index/` by default).
 #[derive(Debug, Clone)]
@@ -796,6 +801,9 @@ impl Collection {
         self.embed(&mut pending, &mut staged, on_change)?;
         if let Some(vectors) = self.vectors.as_mut() {
             vectors.add_segment(staged.documents);
+            if expansion.is_some() {
+                vectors.link_unsaved_segments(EXPAND_WITH_GRAPH_SLOTS);
+            }
         }
         if let Some((field, settings)) = expansion {
             self.write_expanded(writer, &searcher, &deferred, &replaced, field, settings)?;

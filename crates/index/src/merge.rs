@@ -367,6 +367,38 @@ mod tests {
     }
 
     #[test]
+    fn a_large_write_linked_before_its_commit_is_saved_with_its_graph() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = VectorIndex::empty(DIMENSION, CHEAP);
+        index.insert(documents(0..3000, 1));
+        index.save(dir.path(), 1).unwrap();
+        // Two writes: a small one, and one large enough to be searched through a graph.
+        index.insert(documents(3000..3100, 2));
+        index.insert(documents(5000..7500, 3));
+        index.link_unsaved_segments(1000);
+        // A saved segment is left as it is, even without a graph: it is a merge's to build.
+        assert_eq!(sizes(&index), [(3000, false), (100, false), (2500, true)]);
+        let truth = index.clone();
+        let mut agreed = 0;
+        let mut asked = 0;
+        for (query_id, query) in documents(5000..7500, 3).into_iter().step_by(25) {
+            let found = index.nearest_each(&query, 10, 100).unwrap().remove(0);
+            assert_eq!(found[0].id, query_id);
+            let exact = truth.exact_nearest(&query[0], 10);
+            agreed += found.iter().filter(|n| exact.iter().any(|e| e.id == n.id)).count();
+            asked += exact.len();
+        }
+        assert!(agreed as f64 >= 0.95 * asked as f64, "{agreed} of {asked} nearest found");
+
+        index.save(dir.path(), 2).unwrap();
+        let loaded = VectorIndex::load(dir.path(), 2, DIMENSION, CHEAP).unwrap();
+        assert_eq!(sizes(&loaded), sizes(&truth));
+        for (query_id, query) in documents(5000..7500, 3).into_iter().step_by(250) {
+            assert_eq!(loaded.nearest(&query[0], 10, 100, None)[0].id, query_id);
+        }
+    }
+
+    #[test]
     fn a_merge_whose_inputs_are_gone_is_dropped_with_its_files() {
         let dir = tempfile::tempdir().unwrap();
         let mut index = VectorIndex::empty(DIMENSION, CHEAP);

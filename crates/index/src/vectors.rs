@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::IndexError;
 use crate::files::{io_error, read_all, remove_dir, sync_dir, write_synced};
 use crate::manifest::HnswSettings;
-use crate::segment::Segment;
+use crate::segment::{new_graph, Segment};
 
 pub(crate) const VECTORS_DIR: &str = "vectors";
 /// What `commit-<gen>.json` holds.
@@ -226,6 +226,31 @@ impl VectorIndex {
         }
         let segment = Segment::flat(new_segment_name(), self.dimension, documents);
         self.parts.push(Part::new(segment, true));
+    }
+
+    /// Gives each segment not yet saved (a write's new one) that holds at least `min_slots`
+    /// vectors its graph now, rather than at the next merge. A segment without one is searched
+    /// by comparing the query with each of its vectors, which suits a few searches; expansion
+    /// searches for the neighbours of every document of the write, and that cost grows with
+    /// the square of the write. The graph is the one a merge would build for the segment, kept
+    /// to be written with it at the commit.
+    pub(crate) fn link_unsaved_segments(&mut self, min_slots: usize) {
+        for part in &mut self.parts {
+            let segment = &part.segment;
+            if !part.unsaved || segment.graph.is_some() || segment.slots() < min_slots {
+                continue;
+            }
+            // Only this write holds a segment it has not saved yet.
+            let Some(segment) = Arc::get_mut(&mut part.segment) else { continue };
+            let graph = new_graph(&self.settings, segment.slots());
+            {
+                let points: Vec<(&[f32], usize)> =
+                    (0..segment.slots()).map(|slot| (segment.vector(slot as u32), slot)).collect();
+                graph.parallel_insert_slice(&points);
+            }
+            segment.index_with(&graph);
+            segment.keep_unwritten_graph(graph);
+        }
     }
 
     /// Writes what changed since the last save, durably, and the file of commit `generation`
