@@ -206,9 +206,7 @@ fn assemble(
     let graph = if reuse_base { base.load_graph(&vectors_dir.join(&base.name))? } else { None };
     let first_new = if graph.is_some() { base.slots() } else { 0 };
     let graph = graph.unwrap_or_else(|| new_graph(index.settings(), merged.slots()));
-    let points: Vec<(&[f32], usize)> =
-        (first_new..merged.slots()).map(|slot| (merged.vector(slot as u32), slot)).collect();
-    graph.parallel_insert_slice(&points);
+    merged.insert_into(&graph, first_new);
     merged.index_with(&graph);
     Ok((merged, sources, graph))
 }

@@ -108,6 +108,13 @@ impl Segment {
         dot(query, self.vector(slot))
     }
 
+    /// Inserts this segment's slots from `first` on into `graph`, each the point of its slot.
+    pub(crate) fn insert_into(&self, graph: &Graph, first: usize) {
+        let points: Vec<(&[f32], usize)> =
+            (first..self.slots()).map(|slot| (self.vector(slot as u32), slot)).collect();
+        graph.parallel_insert_slice(&points);
+    }
+
     /// Links `graph` (whose points are this segment's slots) for searching.
     pub(crate) fn index_with(&mut self, graph: &Graph) {
         self.graph = Some(FlatGraph::from_hnsw(graph, &self.vectors, self.dimension));

@@ -243,11 +243,7 @@ impl VectorIndex {
             // Only this write holds a segment it has not saved yet.
             let Some(segment) = Arc::get_mut(&mut part.segment) else { continue };
             let graph = new_graph(&self.settings, segment.slots());
-            {
-                let points: Vec<(&[f32], usize)> =
-                    (0..segment.slots()).map(|slot| (segment.vector(slot as u32), slot)).collect();
-                graph.parallel_insert_slice(&points);
-            }
+            segment.insert_into(&graph, 0);
             segment.index_with(&graph);
             segment.keep_unwritten_graph(graph);
         }
