@@ -93,7 +93,7 @@ fn main() {
         DataDir::new(dir.path()).create(name, AnalyzerSettings::default(), Some(semantic)).unwrap();
     collection.use_encoder(encoder).unwrap();
     let started = Instant::now();
-    collection.ingest(documents.into_iter().map(Ok::<_, cloze_index::IndexError>), || {}).unwrap();
+    collection.ingest(documents.into_iter().map(Ok::<_, cloze_index::IndexError>), |_| {}).unwrap();
     let index_rate = texts.len() as f64 / started.elapsed().as_secs_f64();
 
     let theirs: Vec<f32> = std::fs::read(&vectors_file)

@@ -50,7 +50,7 @@ fn bench(name: &'static str) {
         let mut collection =
             DataDir::new(dir.path()).create(name, AnalyzerSettings::default(), None).unwrap();
         let reader = DocumentReader::open(corpus, FieldMapping::default()).unwrap();
-        documents = collection.ingest(reader, || {}).unwrap().ingested;
+        documents = collection.ingest(reader, |_| {}).unwrap().ingested;
         rates.push(documents as f64 / started.elapsed().as_secs_f64());
     }
     let index_rate = median(&mut rates);
@@ -59,7 +59,7 @@ fn bench(name: &'static str) {
     let mut collection =
         DataDir::new(dir.path()).create(name, AnalyzerSettings::default(), None).unwrap();
     collection
-        .ingest(DocumentReader::open(corpus, FieldMapping::default()).unwrap(), || {})
+        .ingest(DocumentReader::open(corpus, FieldMapping::default()).unwrap(), |_| {})
         .unwrap();
     let queries = read_queries(&beir.queries).unwrap();
 

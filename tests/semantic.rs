@@ -84,7 +84,7 @@ fn semantic_ids(collection: &Collection, query: &str, limit: usize) -> Vec<Strin
 fn ingest_texts(collection: &mut Collection) {
     let documents: Vec<_> =
         texts().iter().enumerate().map(|(i, text)| document(&format!("d{i}"), text)).collect();
-    collection.ingest(documents, || {}).unwrap();
+    collection.ingest(documents, |_| {}).unwrap();
 }
 
 /// The rule every committed state keeps: a vector for each stored document and none other.
@@ -149,7 +149,7 @@ fn reindexing_replaces_vectors_and_delete_removes_from_both_indexes() {
     let mut collection = fixture.create("docs", None);
     ingest_texts(&mut collection);
     let new_text = "gene mouse tumor dose heat flow";
-    collection.ingest([document("d0", new_text)], || {}).unwrap();
+    collection.ingest([document("d0", new_text)], |_| {}).unwrap();
     assert_eq!((collection.document_count(), collection.vector_count()), (20, 20));
     assert_eq!(semantic_ids(&collection, new_text, 1), ["d0"]);
     assert_ne!(semantic_ids(&collection, &texts()[0], 1), ["d0"]);
@@ -177,13 +177,13 @@ fn replaced_vectors_stay_as_tombstones_until_a_compaction() {
     ingest_texts(&mut collection);
     // A write adds a segment and marks the vectors it replaces dead; it rewrites nothing.
     let again: Vec<_> = (0..4).map(|i| document(&format!("d{i}"), &texts()[i])).collect();
-    collection.ingest(again, || {}).unwrap();
+    collection.ingest(again, |_| {}).unwrap();
     assert_eq!(collection.segment_count(), 2);
     let summary = collection.compact().unwrap();
     assert_eq!((summary.removed, summary.vector_count), (4, 20));
     assert_eq!(collection.segment_count(), 1);
     let again: Vec<_> = (0..10).map(|i| document(&format!("d{i}"), &texts()[i])).collect();
-    collection.ingest(again, || {}).unwrap();
+    collection.ingest(again, |_| {}).unwrap();
     assert_eq!(collection.compact().unwrap().removed, 10);
     assert_eq!(collection.compact().unwrap().removed, 0);
     for (i, text) in texts().iter().enumerate() {
@@ -209,7 +209,7 @@ fn a_failed_ingest_changes_neither_index() {
     let bad: IndexError = cloze_corpus::read_queries("/nonexistent.tsv").unwrap_err().into();
     let documents: Vec<_> =
         (0..700).map(|i| document(&format!("new{i}"), "river bridge")).chain([Err(bad)]).collect();
-    assert!(collection.ingest(documents, || {}).is_err());
+    assert!(collection.ingest(documents, |_| {}).is_err());
     assert_eq!((collection.document_count(), collection.vector_count()), (20, 20));
     assert!(semantic_ids(&collection, "river bridge", 30).iter().all(|id| id.starts_with('d')));
     assert_eq!(vector_files(), before);
@@ -246,7 +246,7 @@ fn windows_can_be_shorter_than_the_model() {
     let fixture = Fixture::new(16);
     let mut windowed = fixture.create_windowed("short-windows", Some(4), Some(10)).unwrap();
     let long_text = texts().join(" ");
-    windowed.ingest([document("long", &long_text)], || {}).unwrap();
+    windowed.ingest([document("long", &long_text)], |_| {}).unwrap();
     let tokenizer = cloze_mlm::load_tokenizer(&fixture.model).unwrap();
     let tokens = tokenizer.encode(long_text.as_str(), false).unwrap().get_ids().len();
     // 8 tokens a window besides [CLS] and [SEP], each starting 4 after the one before.
@@ -277,7 +277,7 @@ fn long_documents_get_a_vector_per_window() {
     let mut windowed = fixture.create("windowed", Some(4));
     let long_text = texts().join(" ");
     let short_text = &texts()[3];
-    windowed.ingest([document("long", &long_text), document("short", short_text)], || {}).unwrap();
+    windowed.ingest([document("long", &long_text), document("short", short_text)], |_| {}).unwrap();
     let tokenizer = cloze_mlm::load_tokenizer(&fixture.model).unwrap();
     let tokens = tokenizer.encode(long_text.as_str(), false).unwrap().get_ids().len();
     // 14 tokens a window besides [CLS] and [SEP], each starting 10 after the one before.
@@ -290,7 +290,7 @@ fn long_documents_get_a_vector_per_window() {
     assert_eq!(semantic_ids(&windowed, &long_text, 10), ["long", "short"]);
 
     let mut truncated = fixture.create("truncated", None);
-    truncated.ingest([document("long", &long_text)], || {}).unwrap();
+    truncated.ingest([document("long", &long_text)], |_| {}).unwrap();
     assert_eq!(truncated.vector_count(), 1);
 }
 
@@ -310,7 +310,7 @@ fn broken_model_folders_and_odd_documents() {
 
     let mut collection = fixture.create("docs", None);
     let huge = "vitamin ".repeat(50_000);
-    collection.ingest([document("empty", ""), document("huge", &huge)], || {}).unwrap();
+    collection.ingest([document("empty", ""), document("huge", &huge)], |_| {}).unwrap();
     assert_eq!(collection.vector_count(), 2);
     assert_eq!(semantic_ids(&collection, &huge, 1), ["huge"]);
 }
@@ -342,7 +342,7 @@ fn opening_while_another_writer_commits_sees_one_consistent_state() {
             .map(|i| document(&format!("r{round}-{i}"), &texts()[i]))
             .chain([document(&format!("d{round}"), "river bridge engine")])
             .collect();
-        writer.ingest(documents, || {}).unwrap();
+        writer.ingest(documents, |_| {}).unwrap();
     }
     reader.join().unwrap();
     assert_consistent(&fixture.data.open("docs").unwrap());
@@ -424,7 +424,7 @@ fn documents_bring_their_own_vectors_to_a_collection_without_a_model() {
                 with_vector("y", "heat flow", vec![0.0, 0.5, 0.0]),
                 with_vector("z", "gene dose", vec![0.0, 0.6, 0.8]),
             ],
-            || {},
+            |_| {},
         )
         .unwrap();
     // Vectors are kept at unit length: scores are cosines.
@@ -448,7 +448,7 @@ fn documents_bring_their_own_vectors_to_a_collection_without_a_model() {
         (with_vector("w", "zero", vec![0.0; 3]), "it has length zero"),
         (with_vector("w", "nan", vec![1.0, f32::NAN, 0.0]), "value 1 is not a finite number"),
     ] {
-        let error = collection.ingest([with_vector("v", "fine", vec![1.0; 3]), bad], || {});
+        let error = collection.ingest([with_vector("v", "fine", vec![1.0; 3]), bad], |_| {});
         let error = error.unwrap_err().to_string();
         assert!(error.contains(expected), "{error}");
         assert_eq!(collection.document_ids().unwrap(), before);
@@ -474,7 +474,7 @@ fn with_a_model_a_documents_own_vector_replaces_embedding_it() {
     ingest_texts(&mut collection);
     let third = collection.encoder().unwrap().encode(&[&texts()[3]]).unwrap().remove(0);
     // "copy" has unrelated text but the vector of the fourth text.
-    collection.ingest([with_vector("copy", "zzz qqq", third.clone())], || {}).unwrap();
+    collection.ingest([with_vector("copy", "zzz qqq", third.clone())], |_| {}).unwrap();
     let found = search(&collection, &SearchRequest::new(&texts()[3], Mode::Semantic, 2)).unwrap();
     let mut ids: Vec<String> = found.hits.iter().map(|hit| hit.id.clone()).collect();
     ids.sort();

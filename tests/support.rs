@@ -51,7 +51,7 @@ pub fn beir_collection(name: &'static str) -> BeirCollection {
 pub fn index_beir(data_dir: &DataDir, collection: &BeirCollection) -> Collection {
     let mut index = data_dir.create(collection.name, AnalyzerSettings::default(), None).unwrap();
     let documents = DocumentReader::open(&collection.corpus, FieldMapping::default()).unwrap();
-    index.ingest(documents, || {}).unwrap();
+    index.ingest(documents, |_| {}).unwrap();
     index
 }
 

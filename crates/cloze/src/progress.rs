@@ -19,11 +19,15 @@ pub fn spinner(doing: &str) -> ProgressStyle {
 
 /// A bar for `total` items: done so far, the rate and the time left.
 pub fn bar(total: u64, what: &str) -> ProgressBar {
-    let style = ProgressStyle::with_template(&format!(
+    ProgressBar::new(total).with_style(bar_style(what))
+}
+
+/// The style of [`bar`], for a bar that moves on to another step.
+pub fn bar_style(what: &str) -> ProgressStyle {
+    ProgressStyle::with_template(&format!(
         "{{bar:30}} {{human_pos}}/{{human_len}} {what} ({{per_sec}}, ETA {{eta}})"
     ))
-    .expect("valid template");
-    ProgressBar::new(total).with_style(style)
+    .expect("valid template")
 }
 
 /// Prints a line above `bar`, or plainly when the bar is hidden (not a terminal), where

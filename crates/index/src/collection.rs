@@ -55,6 +55,10 @@ const OPEN_ATTEMPTS: usize = 10;
 /// with 384-dimensional vectors, a write of 80,000 took as long either way and one of 160,000
 /// 11% less (the graph, built earlier, is the one the next merge would build).
 const EXPAND_WITH_GRAPH_SLOTS: usize = 100_000;
+/// Documents whose neighbours are looked for together: small enough that a large write shows
+/// its progress every few seconds, large enough for the matrix products of a segment with no
+/// graph to stay efficient.
+const NEIGHBOUR_CHUNK: usize = 2048;
 
 /// The folder that holds every collection (`index/` by default).
 #[derive(Debug, Clone)]
@@ -394,6 +398,18 @@ pub enum Outcome {
     NotFound,
 }
 
+/// How far a write has got, for showing progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteProgress {
+    /// One more change is written (and its document embedded, where the collection embeds).
+    Change,
+    /// An expanding write has found the nearest documents of `done` of its `of` documents.
+    NeighboursFound { done: usize, of: usize },
+    /// An expanding write has checked `done` of `of` earlier documents near what it changed,
+    /// to expand again those whose neighbours it changed.
+    EarlierChecked { done: usize, of: usize },
+}
+
 /// What a compaction did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CompactSummary {
@@ -600,18 +616,18 @@ impl Collection {
     /// Adds documents, replacing any stored document with the same id, and commits them all
     /// at once, in the keyword index and (with a model) as vectors. If any item is an error,
     /// or writing fails, nothing is committed and the error is returned: the collection stays
-    /// exactly as it was. `on_document` is called after each document is written, for progress.
+    /// exactly as it was. `on_progress` is told how far the write has got.
     pub fn ingest<I, E>(
         &mut self,
         documents: I,
-        on_document: impl FnMut(),
+        on_progress: impl FnMut(WriteProgress),
     ) -> Result<IngestSummary, IndexError>
     where
         I: IntoIterator<Item = Result<Document, E>>,
         IndexError: From<E>,
     {
         let changes = documents.into_iter().map(|document| document.map(Change::Upsert));
-        let outcomes = self.apply(changes, on_document)?;
+        let outcomes = self.apply(changes, on_progress)?;
         Ok(IngestSummary {
             ingested: outcomes.len() as u64,
             document_count: self.manifest.document_count,
@@ -622,18 +638,18 @@ impl Collection {
     /// Applies changes in order (a document added and then deleted in the same call is gone)
     /// and commits them all at once, in both indexes. Deleting an id that is not there is no
     /// error: its outcome says so. If any item is an error, or writing fails, nothing is
-    /// committed and the error is returned. `on_change` is called after each change is
-    /// written, for progress. Returns each change's outcome, in order.
+    /// committed and the error is returned. `on_progress` is told how far the write has got.
+    /// Returns each change's outcome, in order.
     pub fn apply<I, E>(
         &mut self,
         changes: I,
-        on_change: impl FnMut(),
+        on_progress: impl FnMut(WriteProgress),
     ) -> Result<Vec<Outcome>, IndexError>
     where
         I: IntoIterator<Item = Result<Change, E>>,
         IndexError: From<E>,
     {
-        self.apply_logged(changes, None, on_change)
+        self.apply_logged(changes, None, on_progress)
     }
 
     /// Applies changes as [`Collection::apply`] does, for a replica fed from a replicated log:
@@ -649,7 +665,7 @@ impl Collection {
         I: IntoIterator<Item = Result<Change, E>>,
         IndexError: From<E>,
     {
-        self.apply_logged(changes, Some(log_position), || {})
+        self.apply_logged(changes, Some(log_position), |_| {})
     }
 
     /// The last log entry the committed state includes (see
@@ -662,7 +678,7 @@ impl Collection {
         &mut self,
         changes: I,
         log_position: Option<u64>,
-        mut on_change: impl FnMut(),
+        mut on_progress: impl FnMut(WriteProgress),
     ) -> Result<Vec<Outcome>, IndexError>
     where
         I: IntoIterator<Item = Result<Change, E>>,
@@ -671,7 +687,7 @@ impl Collection {
         let mut writer = self.lock_for_write()?;
         let before = self.vectors.clone();
         let mut outcomes = Vec::new();
-        let queued = self.queue(&mut writer, changes, &mut outcomes, &mut on_change);
+        let queued = self.queue(&mut writer, changes, &mut outcomes, &mut on_progress);
         let position_before = self.log_position;
         if log_position.is_some() {
             self.log_position = log_position;
@@ -689,7 +705,7 @@ impl Collection {
         writer: &mut IndexWriter,
         changes: I,
         outcomes: &mut Vec<Outcome>,
-        on_change: &mut impl FnMut(),
+        on_progress: &mut impl FnMut(WriteProgress),
     ) -> Result<(), IndexError>
     where
         I: IntoIterator<Item = Result<Change, E>>,
@@ -771,7 +787,7 @@ impl Collection {
                                 pending.push((document.id, text));
                                 if pending.len() == EMBED_CHUNK {
                                     pending_ids.clear();
-                                    self.embed(&mut pending, &mut staged, on_change)?;
+                                    self.embed(&mut pending, &mut staged, on_progress)?;
                                 }
                                 continue;
                             }
@@ -784,7 +800,7 @@ impl Collection {
                     }
                     // Vectors still waiting to be embedded would come back after the removal.
                     pending_ids.clear();
-                    self.embed(&mut pending, &mut staged, on_change)?;
+                    self.embed(&mut pending, &mut staged, on_progress)?;
                     staged.remove(&id);
                     if expansion.is_some() {
                         replaced.extend(self.document_vector(&id)?);
@@ -796,9 +812,9 @@ impl Collection {
                     outcomes.push(if existed { Outcome::Deleted } else { Outcome::NotFound });
                 }
             }
-            on_change();
+            on_progress(WriteProgress::Change);
         }
-        self.embed(&mut pending, &mut staged, on_change)?;
+        self.embed(&mut pending, &mut staged, on_progress)?;
         if let Some(vectors) = self.vectors.as_mut() {
             vectors.add_segment(staged.documents);
             if expansion.is_some() {
@@ -806,7 +822,8 @@ impl Collection {
             }
         }
         if let Some((field, settings)) = expansion {
-            self.write_expanded(writer, &searcher, &deferred, &replaced, field, settings)?;
+            let write = Expansion { documents: &deferred, replaced: &replaced, field, settings };
+            self.write_expanded(writer, &searcher, write, on_progress)?;
         }
         Ok(())
     }
@@ -833,10 +850,8 @@ impl Collection {
         &self,
         writer: &mut IndexWriter,
         searcher: &Searcher,
-        documents: &[Document],
-        replaced: &[Vec<f32>],
-        field: Field,
-        settings: ExpansionSettings,
+        Expansion { documents, replaced, field, settings }: Expansion<'_>,
+        on_progress: &mut impl FnMut(WriteProgress),
     ) -> Result<(), IndexError> {
         tracing::info!(
             documents = documents.len(),
@@ -844,7 +859,9 @@ impl Collection {
             "finding each document's nearest documents to expand it with"
         );
         let ids: Vec<&str> = documents.iter().map(|document| document.id.as_str()).collect();
-        let found = self.nearest_documents(&ids, 2 * settings.neighbours)?;
+        let found = self.nearest_documents(&ids, 2 * settings.neighbours, &mut |done, of| {
+            on_progress(WriteProgress::NeighboursFound { done, of })
+        })?;
         let written: HashMap<&str, &Document> = ids.iter().copied().zip(documents).collect();
         // Earlier documents to expand again: any near a replaced direction, and those near a
         // written document that now have one of the write's documents among their nearest.
@@ -859,7 +876,10 @@ impl Collection {
             }
         }
         let candidate_ids: Vec<&str> = candidates.iter().map(|(id, _)| *id).collect();
-        let candidates_found = self.nearest_documents(&candidate_ids, settings.neighbours)?;
+        let candidates_found =
+            self.nearest_documents(&candidate_ids, settings.neighbours, &mut |done, of| {
+                on_progress(WriteProgress::EarlierChecked { done, of })
+            })?;
         let mut rewritten: Vec<(Document, Vec<String>)> = Vec::new();
         for ((id, always), neighbours) in candidates.into_iter().zip(candidates_found) {
             let gained =
@@ -918,17 +938,24 @@ impl Collection {
     }
 
     /// The ids of the `limit` documents nearest each of `ids` by the mean of its vectors, best
-    /// first, itself left out; none for an id without vectors.
+    /// first, itself left out; none for an id without vectors. `on_progress` is told how many
+    /// of how many documents with vectors are done, as they are.
     fn nearest_documents(
         &self,
         ids: &[&str],
         limit: usize,
+        on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Vec<Vec<String>>, IndexError> {
         let queries: Vec<Option<Vec<f32>>> =
             ids.iter().map(|id| self.document_vector(id)).collect::<Result<_, _>>()?;
         let asked: Vec<Vec<f32>> = queries.iter().flatten().cloned().collect();
-        // One more than wanted: a document is its own nearest.
-        let mut found = self.nearest_to(&asked, limit + 1)?.into_iter();
+        let mut found = Vec::with_capacity(asked.len());
+        for chunk in asked.chunks(NEIGHBOUR_CHUNK) {
+            // One more than wanted: a document is its own nearest.
+            found.extend(self.nearest_to(chunk, limit + 1)?);
+            on_progress(found.len(), asked.len());
+        }
+        let mut found = found.into_iter();
         Ok(ids
             .iter()
             .zip(&queries)
@@ -973,7 +1000,7 @@ impl Collection {
         &mut self,
         pending: &mut Vec<(String, String)>,
         staged: &mut Staged,
-        on_document: &mut impl FnMut(),
+        on_progress: &mut impl FnMut(WriteProgress),
     ) -> Result<(), IndexError> {
         if pending.is_empty() || self.vectors.is_none() {
             return Ok(());
@@ -993,7 +1020,7 @@ impl Collection {
         for (id, vectors) in pending.drain(..).map(|(id, _)| id).zip(embedded) {
             staged.add(id, vectors);
         }
-        (0..count).for_each(|_| on_document());
+        (0..count).for_each(|_| on_progress(WriteProgress::Change));
         Ok(())
     }
 
@@ -1014,7 +1041,7 @@ impl Collection {
             });
         }
         let changes = ids.iter().map(|id| Ok::<_, IndexError>(Change::Delete(id.as_ref().into())));
-        self.apply(changes, || {})?;
+        self.apply(changes, |_| {})?;
         let mut unique: Vec<&str> = ids.iter().map(AsRef::as_ref).collect();
         unique.sort_unstable();
         unique.dedup();
@@ -1407,6 +1434,15 @@ pub fn unit_vector(mut vector: Vec<f32>, dimension: usize) -> Result<Vec<f32>, S
     Ok(vector)
 }
 
+/// What an expanding write hands to tantivy once its vectors are in: its documents, the
+/// committed directions of those it replaces or deletes, and where and how to expand them.
+struct Expansion<'a> {
+    documents: &'a [Document],
+    replaced: &'a [Vec<f32>],
+    field: Field,
+    settings: ExpansionSettings,
+}
+
 /// The vectors one write adds, in the order their documents came, each id once: a later
 /// version of a document replaces the one staged before it, and a delete drops it.
 #[derive(Default)]
@@ -1499,14 +1535,14 @@ mod tests {
                     Ok(with_metadata.clone()),
                     document("a", "A2", "second"),
                 ],
-                || {},
+                |_| {},
             )
             .unwrap();
         assert_eq!(summary, IngestSummary { ingested: 3, document_count: 2, vector_count: 0 });
         assert_eq!(find(&collection, "a").unwrap().text, "second");
         assert_eq!(find(&collection, "b").unwrap(), with_metadata);
 
-        collection.ingest([document("b", "Bee", "again")], || {}).unwrap();
+        collection.ingest([document("b", "Bee", "again")], |_| {}).unwrap();
         let reopened = data.open("docs").unwrap();
         assert_eq!(reopened.document_count(), 2);
         assert_eq!(reopened.manifest().document_count, 2);
@@ -1558,7 +1594,7 @@ mod tests {
                     placed("ship", "draft", [0.1, 0.9]),
                     placed("ship", "hull", [0.1, 0.9]),
                 ],
-                || {},
+                |_| {},
             )
             .unwrap();
         assert_eq!(expanded_with(&collection, "fruit"), ["apple"]);
@@ -1571,7 +1607,18 @@ mod tests {
 
         // A later write finds neighbours among the committed documents too, and a committed
         // document that now has a nearer one is expanded again, its stored fields unchanged.
-        collection.apply([placed("raft", "timber", [0.0, 1.0])], || {}).unwrap();
+        // Progress comes in the order of the work: the document, its neighbours, and the
+        // earlier documents it might be a new neighbour of (boat and ship, its two nearest).
+        let mut steps = Vec::new();
+        collection.apply([placed("raft", "timber", [0.0, 1.0])], |step| steps.push(step)).unwrap();
+        assert_eq!(
+            steps,
+            [
+                WriteProgress::Change,
+                WriteProgress::NeighboursFound { done: 1, of: 1 },
+                WriteProgress::EarlierChecked { done: 2, of: 2 },
+            ]
+        );
         let reopened = data.open("docs").unwrap();
         assert_eq!(expanded_with(&reopened, "submarin"), ["raft", "ship"]);
         assert_eq!(expanded_with(&reopened, "timber"), ["boat"]);
@@ -1580,7 +1627,7 @@ mod tests {
         assert_eq!(reopened.manifest().document_count, 5);
 
         // A document written again lends its new text to the documents it is nearest.
-        collection.apply([placed("pear", "quince", [0.9, 0.1])], || {}).unwrap();
+        collection.apply([placed("pear", "quince", [0.9, 0.1])], |_| {}).unwrap();
         assert_eq!(expanded_with(&collection, "quinc"), ["apple"]);
         assert!(expanded_with(&collection, "fruit").is_empty());
         assert_eq!(expanded_with(&collection, "appl"), ["pear"]);
@@ -1597,18 +1644,18 @@ mod tests {
             placed("y", "yacht", [0.98, 0.2]),
             placed("z", "zebra", [0.9, -0.44]),
         ];
-        collection.apply(placed_all, || {}).unwrap();
+        collection.apply(placed_all, |_| {}).unwrap();
         assert_eq!(expanded_with(&collection, "xylophon"), ["y", "z"]);
-        collection.apply([placed("x", "xenon", [1.0, 0.0])], || {}).unwrap();
+        collection.apply([placed("x", "xenon", [1.0, 0.0])], |_| {}).unwrap();
         assert_eq!(expanded_with(&collection, "xenon"), ["y", "z"]);
         assert!(expanded_with(&collection, "xylophon").is_empty());
 
         // Moved far away, x lends its text to no one, and those that borrowed it are expanded
         // again; once z is deleted, no expansion holds its text.
-        collection.apply([placed("x", "xenon", [-1.0, 0.0])], || {}).unwrap();
+        collection.apply([placed("x", "xenon", [-1.0, 0.0])], |_| {}).unwrap();
         assert_eq!(expanded_with(&collection, "xenon"), Vec::<String>::new());
         assert_eq!(expanded_with(&collection, "zebra"), ["x", "y"]);
-        collection.apply([Ok::<_, IndexError>(Change::Delete("z".into()))], || {}).unwrap();
+        collection.apply([Ok::<_, IndexError>(Change::Delete("z".into()))], |_| {}).unwrap();
         assert!(expanded_with(&collection, "zebra").is_empty());
         assert_eq!(expanded_with(&collection, "yacht"), ["x"]);
     }
@@ -1642,7 +1689,7 @@ mod tests {
         for batch in 0..3 {
             let documents = (0..50).map(|i| document(&format!("{batch}-{i}"), "", "text"));
             collection
-                .ingest(documents.chain([document("shared", "", &format!("v{batch}"))]), || {})
+                .ingest(documents.chain([document("shared", "", &format!("v{batch}"))]), |_| {})
                 .unwrap();
         }
         let searcher = collection.searcher();
@@ -1663,11 +1710,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::new(dir.path());
         let mut collection = data.create("docs", AnalyzerSettings::default(), None).unwrap();
-        collection.ingest([document("a", "", "kept")], || {}).unwrap();
+        collection.ingest([document("a", "", "kept")], |_| {}).unwrap();
         let before = snapshot(dir.path());
         let bad_line: CorpusError = cloze_corpus::read_queries("/nonexistent.tsv").unwrap_err();
         let many = (0..5000).map(|i| document(&format!("new{i}"), "", "x"));
-        let result = collection.ingest(many.chain([Err(bad_line.into())]), || {});
+        let result = collection.ingest(many.chain([Err(bad_line.into())]), |_| {});
         assert!(result.is_err());
         drop(collection);
         assert_eq!(snapshot(dir.path()), before);

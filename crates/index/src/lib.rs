@@ -28,7 +28,7 @@ mod vectors;
 pub use analyzer::{analyze, AnalyzerSettings};
 pub use collection::{
     unit_vector, Change, Collection, CompactSummary, DataDir, Fields, IngestSummary, Outcome,
-    Scratch,
+    Scratch, WriteProgress,
 };
 pub use encoder::{Encoder, ModelRecord};
 pub use error::IndexError;

@@ -269,12 +269,12 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let data = DataDir::new(root.path());
         let mut collection = data.create("c", AnalyzerSettings::default(), None).unwrap();
-        collection.ingest([document("1", "dogs and cats")], || {}).unwrap();
+        collection.ingest([document("1", "dogs and cats")], |_| {}).unwrap();
         let info = data.snapshot("c").unwrap();
         assert_eq!((info.collection.as_str(), info.documents), ("c", 1));
         assert!(info.name.starts_with("c-") && info.name.ends_with('Z'), "{}", info.name);
         // Later changes are not in it.
-        collection.ingest([document("2", "birds")], || {}).unwrap();
+        collection.ingest([document("2", "birds")], |_| {}).unwrap();
         drop(collection);
         assert_eq!(data.snapshots().unwrap(), std::slice::from_ref(&info));
         // Snapshots are not collections.

@@ -198,7 +198,7 @@ pub(crate) mod tests {
         let documents = docs
             .iter()
             .map(|(id, title, text)| Ok::<_, IndexError>(document(id, title, text, None)));
-        collection.ingest(documents, || {}).unwrap();
+        collection.ingest(documents, |_| {}).unwrap();
         collection
     }
 
@@ -260,7 +260,7 @@ pub(crate) mod tests {
                 vector: None,
             })
         });
-        collection.ingest(documents, || {}).unwrap();
+        collection.ingest(documents, |_| {}).unwrap();
         let found = |filter: serde_json::Value| {
             let mut request = SearchRequest::new("dogs", Mode::Keyword, 10);
             request.filter = Some(Filter::from_json(&filter).unwrap());
@@ -313,7 +313,7 @@ pub(crate) mod tests {
         let documents = docs
             .iter()
             .map(|(id, text, vector)| Ok::<_, IndexError>(document(id, "", text, Some(vector))));
-        collection.ingest(documents, || {}).unwrap();
+        collection.ingest(documents, |_| {}).unwrap();
         collection
     }
 

@@ -192,7 +192,7 @@ pub fn tune_without_judgments(
         // In a collection that expands its documents, this also expands again the documents the
         // replaced ones lend their text to, which would otherwise still hold the query's
         // sentence and lead keyword search to them instead.
-        copy.ingest(made.replacements.into_iter().map(Ok::<_, cloze_index::IndexError>), || {})?;
+        copy.ingest(made.replacements.into_iter().map(Ok::<_, cloze_index::IndexError>), |_| {})?;
         tune(&copy, &made.queries, &made.qrels, options, on_query)?
     };
     Ok(Tuning { pseudo_query_sources: Some(sources), ..tuned })

@@ -161,7 +161,7 @@ mod tests {
                 vector: None,
             })
         });
-        collection.ingest(documents, || {}).unwrap();
+        collection.ingest(documents, |_| {}).unwrap();
         collection
     }
 
@@ -226,10 +226,10 @@ mod tests {
                 round % TEXTS.len(),
                 format!("{} again, round {round}", TEXTS[(round + 3) % TEXTS.len()]),
             );
-            rewritten.apply([document(id, &text)], || {}).unwrap();
+            rewritten.apply([document(id, &text)], |_| {}).unwrap();
             last[id] = Some(text);
         }
-        rewritten.apply([Ok::<_, IndexError>(Change::Delete("3".into()))], || {}).unwrap();
+        rewritten.apply([Ok::<_, IndexError>(Change::Delete("3".into()))], |_| {}).unwrap();
         last[3] = None;
         assert!(rewritten.searcher().segment_readers().iter().any(|s| s.num_deleted_docs() > 0));
         let mut once =
@@ -244,7 +244,7 @@ mod tests {
                 Change::Upsert(d) => Ok::<_, IndexError>(d),
                 Change::Delete(_) => unreachable!(),
             }),
-            || {},
+            |_| {},
         )
         .unwrap();
 

@@ -6,6 +6,7 @@ use clap::Args;
 use cloze_corpus::DocumentReader;
 use cloze_index::{
     AnalyzerSettings, DataDir, Encoder, ExpansionSettings, HnswSettings, SemanticSettings,
+    WriteProgress,
 };
 
 use crate::commands::fields::DocumentFields;
@@ -244,17 +245,41 @@ pub fn run(data_dir: &DataDir, args: IndexArgs) -> Result<()> {
         progress::counter("documents")
     };
     // An expanding collection writes its documents to the keyword index only once every vector
-    // is in, to find their neighbours among: say so when the count is done, or the bar would
-    // sit full and silent meanwhile.
+    // is in, to find their neighbours among: the bar moves on to each step of that, and a
+    // spinner says what is going on between them, or the bar would sit full and silent.
     let expands = collection.expansion().is_some();
-    let result = collection.ingest(documents, || {
-        progress.inc(1);
-        if expands && progress.length() == Some(progress.position()) {
-            progress.set_style(progress::spinner(
-                "finding each document's nearest documents, and writing it with their text",
-            ));
-            // Nothing else ticks it until the write is done.
-            progress.enable_steady_tick(std::time::Duration::from_millis(200));
+    let wait_for = |doing: &str| {
+        progress.set_style(progress::spinner(doing));
+        // Nothing else ticks it until the next step reports.
+        progress.enable_steady_tick(std::time::Duration::from_millis(200));
+    };
+    let mut step_shown = None;
+    let result = collection.ingest(documents, |step| {
+        let (what, done, of) = match step {
+            WriteProgress::Change => {
+                progress.inc(1);
+                if expands && progress.length() == Some(progress.position()) {
+                    wait_for("getting ready to find each document's nearest documents");
+                }
+                return;
+            }
+            WriteProgress::NeighboursFound { done, of } => {
+                ("documents' nearest documents found", done, of)
+            }
+            WriteProgress::EarlierChecked { done, of } => {
+                ("earlier documents checked for new neighbours", done, of)
+            }
+        };
+        if step_shown != Some(what) {
+            step_shown = Some(what);
+            progress.disable_steady_tick();
+            progress.reset();
+            progress.set_style(progress::bar_style(what));
+            progress.set_length(of as u64);
+        }
+        progress.set_position(done as u64);
+        if done == of {
+            wait_for("writing each document with its nearest documents' text");
         }
     });
     progress.finish_and_clear();

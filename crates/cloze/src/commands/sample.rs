@@ -22,7 +22,7 @@ pub fn run(data_dir: &DataDir, args: SampleArgs) -> Result<()> {
         );
     }
     let mut collection = data_dir.create(&args.collection, AnalyzerSettings::default(), None)?;
-    let summary = match collection.ingest(sample_documents()?, || {}) {
+    let summary = match collection.ingest(sample_documents()?, |_| {}) {
         Ok(summary) => summary,
         Err(error) => {
             drop(collection);

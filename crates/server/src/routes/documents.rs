@@ -53,7 +53,7 @@ pub async fn bulk(
     let outcomes = blocking(move || {
         let handle = state.registry.get(&name)?;
         handle.write(|collection| {
-            collection.apply(changes.into_iter().map(Ok::<_, IndexError>), || {})
+            collection.apply(changes.into_iter().map(Ok::<_, IndexError>), |_| {})
         })
     })
     .await?;
@@ -108,7 +108,7 @@ pub async fn delete(
     blocking(move || {
         let handle = state.registry.get(&name)?;
         let outcomes = handle.write(|collection| {
-            collection.apply([Ok::<_, IndexError>(Change::Delete(id.clone()))], || {})
+            collection.apply([Ok::<_, IndexError>(Change::Delete(id.clone()))], |_| {})
         })?;
         match outcomes.first() {
             Some(Outcome::Deleted) => Ok(()),
