@@ -10,7 +10,8 @@
 # pseudo-queries, no judgments at all (with the flags in $CLOZE_TUNE_FLAGS, e.g.
 # "--pseudo-query-words 6"). pytrec_eval (where installed) scores every run beside.
 # Indexes are kept under target/encoder/; the shared data comes from $CLOZE_TEST_DATA
-# (default ../shared/data).
+# (default ../shared/data). $CLOZE_COLLECTIONS (e.g. "cacm npl") scores only those collections;
+# without SciFact there is no judged fusion, and its column shows "-".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=$(realpath "${1:?usage: benches/encoder.sh MODEL_DIR [INDEX FLAGS ...]}")
@@ -18,7 +19,7 @@ shift
 data=$(realpath "${CLOZE_TEST_DATA:-../shared/data}")
 # One folder per model and index flags, so that runs of both layouts are kept side by side.
 work=$PWD/target/encoder/$(basename "$model")$(printf '%s' "${*:+ $*}" | tr -cs 'A-Za-z0-9' '-')
-collections=(scifact cranfield cisi cacm npl)
+read -ra collections <<<"${CLOZE_COLLECTIONS:-scifact cranfield cisi cacm npl}"
 cargo build --release --quiet --bin cloze
 cloze() { target/release/cloze --data-dir "$work/index" "$@"; }
 . benches/reference.sh
@@ -51,9 +52,12 @@ if "expansion" in tuning:
 print(" ".join(flags))'
 }
 
-judged=$(cloze tune --collection scifact --queries "$data/scifact/queries.jsonl" \
-    --qrels "$data/scifact/qrels/train.tsv" --json 2>/dev/null | tee "$work/tune-scifact-train.json" | chosen_flags)
-echo "SciFact's training judgments chose: $judged" >&2
+judged=
+if [[ " ${collections[*]} " == *" scifact "* ]]; then
+    judged=$(cloze tune --collection scifact --queries "$data/scifact/queries.jsonl" \
+        --qrels "$data/scifact/qrels/train.tsv" --json 2>/dev/null | tee "$work/tune-scifact-train.json" | chosen_flags)
+    echo "SciFact's training judgments chose: $judged" >&2
+fi
 
 # nDCG@10 of one mode on the collection's test judgments, then pytrec_eval's on the same run.
 score() {
@@ -74,8 +78,11 @@ printf '%-10s %-15s %-15s %-15s %-15s %-15s %s\n' collection keyword semantic hy
 for collection in "${collections[@]}"; do
     keyword=$(score "$collection" --mode keyword)
     semantic=$(score "$collection" --mode semantic)
-    # shellcheck disable=SC2086 # the flags are words
-    hybrid_judged=$(score "$collection" --mode hybrid $judged)
+    hybrid_judged=-
+    if [[ -n $judged ]]; then
+        # shellcheck disable=SC2086 # the flags are words
+        hybrid_judged=$(score "$collection" --mode hybrid $judged)
+    fi
     # shellcheck disable=SC2086 # the flags are words
     pseudo=$(cloze tune --collection "$collection" --save --json ${CLOZE_TUNE_FLAGS:-} 2>/dev/null |
         tee "$work/tune-$collection-pseudo.json" | python3 -c '
