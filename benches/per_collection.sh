@@ -6,6 +6,7 @@
 #   benches/per_collection.sh MODELS_DIR STEPS [INDEX FLAGS ...]
 #
 # Models go to MODELS_DIR/<collection>; each one's table goes to MODELS_DIR/<collection>.txt.
+# $CLOZE_COLLECTIONS (e.g. "cacm npl") trains and scores only those collections.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 models=${1:?usage: benches/per_collection.sh MODELS_DIR STEPS [INDEX FLAGS ...]}
